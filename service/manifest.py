@@ -1,0 +1,135 @@
+"""The artifact manifest: the one contract between the offline stages and the service.
+
+An artifact directory holds `model.onnx`, the tokenizer files and `manifest.json`. Export writes the
+manifest; the service validates it at start-up and refuses to start, with one clear line, when a file
+is missing, corrupt (sha256 mismatch) or does not fit the index it is asked to serve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory is missing, corrupt or mismatched; the message is one line."""
+
+
+class EncoderInfo(BaseModel):
+    """The text encoder baked into the graph: queries and items are embedded by it."""
+
+    name: str = Field(description="Human name, e.g. all-MiniLM-L6-v2")
+    source: str = Field(description="Where the weights came from (path or model id)")
+    dim: int = Field(gt=0)
+    max_seq_len: int = Field(gt=0, description="Tokens kept per text; longer texts are truncated")
+    pooling: Literal["mean"] = "mean"
+    normalize: bool = True
+
+
+class Parity(BaseModel):
+    """How far ONNX Runtime's output is from the torch reference, measured at export."""
+
+    reference: str = Field(description="What the ONNX output was compared with")
+    n_inputs: int
+    max_abs_error: float
+    min_cosine: float
+
+
+class Manifest(BaseModel):
+    """Everything the service must know about an artifact directory, defined once."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["encoder", "fanout"]
+    encoder: EncoderInfo
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+    files: dict[str, str] = Field(description="File name -> sha256 of every file in the directory")
+    parity: Parity
+    config: dict = Field(default_factory=dict, description="The resolved config that produced it")
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @property
+    def encoder_sha256(self) -> str:
+        """Identity of the embedding space: an index built with another encoder is a mismatch."""
+        return self.files[MODEL_FILE]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(directory: Path) -> dict[str, str]:
+    """sha256 of every regular file in `directory` except the manifest itself."""
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temp file and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp files are private; artifacts are read by other users
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON atomically, so a reader never sees half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; an older one is removed only after the swap."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_manifest(directory: Path, verify_files: bool = True) -> Manifest:
+    """Read and validate `directory/manifest.json`; raise ArtifactError with one line on any fault."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactError(f"no artifact at {directory}: {MANIFEST_FILE} is missing (run `r4t export`)")
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArtifactError(f"corrupt manifest {path}: {where}: {first['msg']}") from None
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"manifest {path} has schema {manifest.schema_version}, this service reads {SCHEMA_VERSION}"
+        )
+    if verify_files:
+        for name, expected in manifest.files.items():
+            file = path.parent / name
+            if not file.is_file():
+                raise ArtifactError(f"artifact {directory} is missing {name}")
+            if sha256_file(file) != expected:
+                raise ArtifactError(f"artifact {directory}: {name} does not match its sha256 in the manifest")
+    return manifest

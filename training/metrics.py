@@ -1,0 +1,57 @@
+"""Set-level metrics of the paper (shared/paper.md §2.4, §6): recall, hit, Vendi, groundedness, alignment.
+
+All embeddings are unit vectors in the encoder's space. The same functions score RL rewards and the
+evaluation tables, so "diversity" means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+
+def recall(reference: Iterable[str], retrieved: Iterable[str]) -> float:
+    """|reference ∩ retrieved| / |reference| (paper Eq. 5). Example: recall({a,b}, [a,c]) = 0.5."""
+    ref = set(reference)
+    return len(ref & set(retrieved)) / len(ref) if ref else 0.0
+
+
+def hit(reference: Iterable[str], retrieved: Iterable[str]) -> float:
+    """1.0 when at least one reference item was retrieved."""
+    return float(bool(set(reference) & set(retrieved)))
+
+
+def vendi(x: np.ndarray) -> float:
+    """Vendi score with a cosine kernel (Friedman & Dieng 2022): exp(entropy of eig(K/n)).
+
+    (n, D) -> value in [1, n]: 1 for n identical rows, n for n orthogonal rows.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    eig = np.linalg.eigvalsh(x @ x.T / len(x))  # (n,)
+    eig = eig[eig > 1e-12]
+    return float(np.exp(-(eig * np.log(eig)).sum()))
+
+
+def vendi_normalised(x: np.ndarray) -> float:
+    """(Vendi - 1) / (n - 1): 0 when all rows coincide, 1 when all are orthogonal."""
+    n = len(x)
+    return (vendi(x) - 1.0) / (n - 1) if n > 1 else 0.0
+
+
+def groundedness(nearest_cosine: np.ndarray) -> float:
+    """1 - mean L2 distance from each vector to its nearest catalog item (paper Eq. 3).
+
+    Takes the top-1 cosine of each unit vector; for unit vectors ||v - c|| = sqrt(2 - 2 cos).
+    Range [-1, 1]; 1 when every vector sits on an item.
+    """
+    cos = np.clip(np.asarray(nearest_cosine, dtype=np.float64), -1.0, 1.0)
+    return float(1.0 - np.sqrt(2.0 - 2.0 * cos).mean())
+
+
+def alignment(vectors: np.ndarray, query: np.ndarray) -> float:
+    """Mean cosine of the fan-out vectors to the query embedding (paper Eq. 4)."""
+    v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    q = query / max(float(np.linalg.norm(query)), 1e-12)
+    return float((v @ q).mean())
