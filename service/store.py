@@ -1,0 +1,467 @@
+"""Vector store facade: one `Store` interface over Qdrant Edge (embedded) and a Qdrant server.
+
+Both backends speak cosine similarity over float32 vectors and accept the same filters:
+Qdrant's JSON filter syntax, validated once by `parse_filter` and rejected on both backends
+when Edge cannot run it, so switching backend never changes which requests are valid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pydantic
+import qdrant_edge as qe
+from qdrant_client import QdrantClient, models
+
+logger = logging.getLogger(__name__)
+
+# Fixed forever: point ids are uuid5(namespace, item id), so changing it orphans every stored point.
+_ID_NAMESPACE = uuid.UUID("6f1c1f5e-3f7a-4d2b-9a43-5b7e2f4c8d10")
+_CHUNK = 1_000  # points per upsert call: bounds peak memory of the list-of-floats conversion
+_EDGE_CONFIG = "edge_config.json"  # written by EdgeShard.create; its presence marks a shard dir
+PAYLOAD_INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime", "text", "uuid")
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot answer (closed, server down); the service maps it to 503."""
+
+
+class InvalidFilter(ValueError):
+    """A payload filter is not valid Qdrant filter JSON, or uses a condition Edge cannot run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result: catalog item id, cosine score, stored payload, optional (D,) vector."""
+
+    id: str
+    score: float
+    payload: dict
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class HnswSettings:
+    """HNSW graph parameters (Qdrant semantics) and the search-time beam used when none is given."""
+
+    m: int = 16  # edges per node
+    ef_construct: int = 128  # beam width while building the graph
+    full_scan_threshold: int = 10_000  # KB of (filtered) vectors below which Qdrant scans instead
+    default_ef: int = 128  # search beam when a call passes hnsw_ef=None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the resolver, rewards, evaluation and the service need from a vector index."""
+
+    dim: int
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None: ...
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        limit: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[Hit]]: ...
+    def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
+    def count(self) -> int: ...
+    def ping(self) -> bool: ...  # cheap liveness check, never raises
+    def close(self) -> None: ...
+
+
+def point_id(item_id: str) -> str:
+    """Qdrant point id (a uuid5) for a catalog item id: arbitrary strings are not valid point ids."""
+    return str(uuid.uuid5(_ID_NAMESPACE, item_id))
+
+
+def _validate(raw: dict | models.Filter | None) -> models.Filter | None:
+    if raw is None or isinstance(raw, models.Filter):
+        return raw
+    if not isinstance(raw, dict):
+        raise InvalidFilter(f"filter must be a JSON object, got {type(raw).__name__}")
+    try:
+        return models.Filter.model_validate(raw)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        # Union members show up as "list[union[...]]" steps in the location; they only add noise.
+        loc = ".".join(str(p) for p in first["loc"] if "[" not in str(p))
+        raise InvalidFilter(
+            f"invalid filter at {loc or '<root>'}: {first['msg']} ({e.error_count()} problems)"
+        ) from None
+
+
+def parse_filter(raw: dict | models.Filter | None) -> models.Filter | None:
+    """Validate Qdrant filter JSON; `InvalidFilter` names the first problem, or what Edge cannot run."""
+    parsed = _validate(raw)
+    if parsed is not None:
+        to_edge_filter(parsed)  # one filter language on both backends
+    return parsed
+
+
+def _as_list(conditions: Any) -> list:
+    if conditions is None:
+        return []
+    return conditions if isinstance(conditions, list) else [conditions]
+
+
+def to_edge_filter(f: models.Filter) -> qe.Filter:
+    """Convert a validated qdrant-client Filter into the qdrant_edge equivalent."""
+    min_should = None
+    if f.min_should is not None:
+        conditions = [_edge_condition(c) for c in f.min_should.conditions]
+        min_should = qe.MinShould(conditions=conditions, min_count=f.min_should.min_count)
+    return qe.Filter(
+        must=[_edge_condition(c) for c in _as_list(f.must)] or None,
+        should=[_edge_condition(c) for c in _as_list(f.should)] or None,
+        must_not=[_edge_condition(c) for c in _as_list(f.must_not)] or None,
+        min_should=min_should,
+    )
+
+
+_EDGE_MATCH = {  # qdrant-client match model -> (qdrant_edge class, field holding the operand)
+    models.MatchValue: (qe.MatchValue, "value"),
+    models.MatchAny: (qe.MatchAny, "any"),
+    models.MatchExcept: (qe.MatchExcept, "except_"),
+    models.MatchText: (qe.MatchText, "text"),
+    models.MatchTextAny: (qe.MatchTextAny, "text_any"),
+    models.MatchPhrase: (qe.MatchPhrase, "phrase"),
+    models.MatchPrefix: (qe.MatchPrefix, "prefix"),
+    models.MatchSubstring: (qe.MatchSubstring, "substring"),
+}
+
+
+def _edge_range(r: models.Range | models.DatetimeRange) -> Any:
+    bounds = {k: getattr(r, k) for k in ("gt", "gte", "lt", "lte")}
+    if isinstance(r, models.Range):
+        return qe.RangeFloat(**bounds)
+    return qe.RangeDateTime(**{k: v.isoformat() if v is not None else None for k, v in bounds.items()})
+
+
+def _edge_condition(c: Any) -> Any:
+    if isinstance(c, models.Filter):
+        return to_edge_filter(c)
+    if isinstance(c, models.IsEmptyCondition):
+        return qe.IsEmptyCondition(c.is_empty.key)
+    if isinstance(c, models.IsNullCondition):
+        return qe.IsNullCondition(c.is_null.key)
+    if isinstance(c, models.NestedCondition):
+        return qe.NestedCondition(c.nested.key, to_edge_filter(c.nested.filter))
+    if not isinstance(c, models.FieldCondition):
+        raise InvalidFilter(f"{type(c).__name__} is not supported; filter on payload keys instead")
+    if c.geo_bounding_box or c.geo_radius or c.geo_polygon:
+        raise InvalidFilter(f"geo conditions are not supported (key {c.key!r})")
+    kw: dict[str, Any] = {}
+    if c.match is not None:
+        edge_cls, field = _EDGE_MATCH[type(c.match)]
+        kw["match"] = edge_cls(getattr(c.match, field))
+    if c.range is not None:
+        kw["range"] = _edge_range(c.range)
+    if c.values_count is not None:
+        vc = c.values_count
+        kw["values_count"] = qe.ValuesCount(lt=vc.lt, gt=vc.gt, lte=vc.lte, gte=vc.gte)
+    kw.update({k: v for k in ("is_empty", "is_null") if (v := getattr(c, k)) is not None})
+    if not kw:
+        raise InvalidFilter(f"condition on key {c.key!r} needs one of match, range, values_count")
+    return qe.FieldCondition(key=c.key, **kw)
+
+
+def _matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"vectors must be (N, {dim}), got {vectors.shape}")
+    return vectors
+
+
+def _check_queries(vectors: np.ndarray, dim: int, limit: int) -> np.ndarray:
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return _matrix(vectors, dim)
+
+
+def _chunks(
+    ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict], dim: int
+) -> Iterator[tuple[list[str], list[list[float]], list[dict]]]:
+    """Upsert input, checked now, then lazily in chunks of (point ids, vectors, payloads with "id")."""
+    vectors = _matrix(vectors, dim)  # (N, D)
+    if not len(ids) == len(vectors) == len(payloads):
+        raise ValueError(f"got {len(ids)} ids, {len(vectors)} vectors, {len(payloads)} payloads")
+    return (
+        (
+            [point_id(i) for i in ids[lo : lo + _CHUNK]],
+            vectors[lo : lo + _CHUNK].tolist(),
+            [{**p, "id": i} for i, p in zip(ids[lo : lo + _CHUNK], payloads[lo : lo + _CHUNK])],
+        )
+        for lo in range(0, len(ids), _CHUNK)
+    )
+
+
+def _ordered_vectors(ids: Sequence[str], found: dict[str, Any], dim: int) -> np.ndarray:
+    """(N, D) rows in the order of `ids`; KeyError naming the ids the backend did not return."""
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} ids not in the store: {missing[:10]}")
+    out = np.empty((len(ids), dim), dtype=np.float32)  # (N, D)
+    for row, item_id in enumerate(ids):
+        out[row] = _dense(found[item_id])
+    return out
+
+
+def _dense(vector: Any) -> np.ndarray:
+    # Both libraries return the unnamed default vector as a list, but a dict keyed "" is possible.
+    if isinstance(vector, dict):
+        vector = vector[""]
+    return np.asarray(vector, dtype=np.float32)
+
+
+def _hit(pid: Any, score: float, payload: dict | None, vector: Any) -> Hit:
+    payload = payload or {}
+    item_id = str(payload.get("id", pid))
+    return Hit(item_id, float(score), payload, None if vector is None else _dense(vector))
+
+
+@contextmanager
+def _backend(name: str, closed: bool) -> Iterator[None]:
+    """Turn a failing backend call into StoreUnavailable (Edge raises bare Exception for everything).
+
+    TypeError/ValueError pass through: both libraries use them for input they cannot encode.
+    """
+    if closed:
+        raise StoreUnavailable(f"{name} store is closed")
+    try:
+        yield
+    except (TypeError, ValueError):
+        raise
+    except Exception as e:
+        raise StoreUnavailable(f"{name} store cannot answer: {e}") from e
+
+
+def _payload_kind(kind: str) -> str:
+    if kind not in PAYLOAD_INDEX_KINDS:
+        raise ValueError(f"payload index kind must be one of {PAYLOAD_INDEX_KINDS}, got {kind!r}")
+    return kind
+
+
+def _answers(probe: Callable[[], object]) -> bool:
+    """True when the probe returns at all: ping() must never raise, whatever the library throws."""
+    try:
+        probe()
+    except Exception:
+        return False
+    return True
+
+
+class EdgeStore:
+    """Qdrant Edge shard in a directory on disk: the embedded default backend."""
+
+    def __init__(self, shard: qe.EdgeShard, path: Path, dim: int, default_ef: int) -> None:
+        self._shard, self.path, self.dim, self.default_ef = shard, path, dim, default_ef
+        self._closed = False
+
+    @classmethod
+    def create(cls, path: Path, dim: int, hnsw: HnswSettings = HnswSettings()) -> EdgeStore:
+        path = Path(path)
+        if (path / _EDGE_CONFIG).exists():
+            raise FileExistsError(f"an Edge shard already exists at {path}; open it or pick a new dir")
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(
+                m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold
+            ),
+            # Edge runs no background optimizer; a 1 KB indexing threshold makes optimize() build
+            # HNSW for every non-empty segment (the Qdrant default, 10 MB, leaves ~6k x 384-d unindexed).
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+        )
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(qe.EdgeShard.create(str(path), config), path, dim, hnsw.default_ef)
+
+    @classmethod
+    def open(cls, path: Path, default_ef: int = HnswSettings.default_ef) -> EdgeStore:
+        path = Path(path)
+        config_file = path / _EDGE_CONFIG
+        # Checked before load: EdgeShard.load on an empty dir fails but leaves a segments/ dir behind.
+        if not config_file.is_file():
+            raise FileNotFoundError(f"no Edge shard at {path} (missing {_EDGE_CONFIG}); build the index first")
+        dim = int(json.loads(config_file.read_text())["vectors"][""]["size"])
+        return cls(qe.EdgeShard.load(str(path)), path, dim, default_ef)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+        for pids, vecs, pays in _chunks(ids, vectors, payloads, self.dim):
+            # Built outside _backend: a payload Edge cannot store raises TypeError/ValueError here.
+            points = [qe.Point(*point) for point in zip(pids, vecs, pays)]
+            with _backend("edge", self._closed):
+                self._shard.update(qe.UpdateOperation.upsert_points(points))
+        with _backend("edge", self._closed):
+            self._shard.flush()
+        logger.debug("edge upserted %d points into %s", len(ids), self.path)
+
+    def optimize(self) -> None:
+        """Build the HNSW index (blocking); call after a bulk upsert, before serving."""
+        with _backend("edge", self._closed):
+            self._shard.optimize()
+            self._shard.flush()
+        logger.info("edge index at %s: %d vectors indexed", self.path, self.indexed_vectors_count)
+
+    def index_payload(self, field: str, kind: str) -> None:
+        """Index a payload field (see PAYLOAD_INDEX_KINDS): filtered search gets ~10x faster."""
+        schema = getattr(qe.PayloadSchemaType, _payload_kind(kind).capitalize())
+        with _backend("edge", self._closed):
+            self._shard.update(qe.UpdateOperation.create_field_index(field, schema))
+
+    @property
+    def indexed_vectors_count(self) -> int:
+        with _backend("edge", self._closed):
+            return self._shard.info().indexed_vectors_count
+
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        limit: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[Hit]]:
+        vectors = _check_queries(vectors, self.dim, limit)
+        parsed = _validate(filter)
+        edge_filter = None if parsed is None else to_edge_filter(parsed)
+        params = qe.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact)
+        requests = [
+            qe.QueryRequest(
+                limit=limit, query=qe.Query.Nearest(q.tolist()), filter=edge_filter,
+                params=params, with_payload=True, with_vector=with_vectors,
+            )
+            for q in vectors
+        ]
+        with _backend("edge", self._closed):
+            batches = self._shard.query_batch(qe.QueryBatchRequest(requests)) if requests else []
+        return [[_hit(p.id, p.score, p.payload, p.vector) for p in points] for points in batches]
+
+    def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        with _backend("edge", self._closed):
+            records = self._shard.retrieve([point_id(i) for i in ids], with_payload=True, with_vector=True)
+        found = {str(r.payload["id"]): r.vector for r in records}
+        return _ordered_vectors(ids, found, self.dim)
+
+    def count(self) -> int:
+        with _backend("edge", self._closed):
+            return self._shard.count(qe.CountRequest(exact=True))
+
+    def ping(self) -> bool:
+        return _answers(self.count)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._shard.close()
+
+
+class ServerStore:
+    """A collection on a Qdrant server, or qdrant-client's in-process ":memory:" mode for tests."""
+
+    def __init__(
+        self,
+        location: str,
+        collection: str,
+        dim: int | None = None,
+        create: bool = False,
+        api_key: str | None = None,
+        hnsw: HnswSettings = HnswSettings(),
+    ) -> None:
+        if create and dim is None:
+            raise ValueError("dim is required to create a collection")
+        self.location, self.collection, self.default_ef = location, collection, hnsw.default_ef
+        self._closed, self._local = False, location == ":memory:"
+        with _backend("server", False):
+            self._client = QdrantClient(location) if self._local else QdrantClient(url=location, api_key=api_key)
+            if create and not self._client.collection_exists(collection):
+                self._client.create_collection(
+                    collection,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    hnsw_config=models.HnswConfigDiff(
+                        m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold
+                    ),
+                )
+            exists = self._client.collection_exists(collection)
+            size = self._client.get_collection(collection).config.params.vectors.size if exists else None
+        if size is None:
+            raise FileNotFoundError(f"no collection {collection!r} at {location}; build the index first")
+        if dim is not None and size != dim:
+            raise ValueError(f"collection {collection!r} holds {size}-d vectors, not {dim}-d")
+        self.dim = size
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+        for pids, vecs, pays in _chunks(ids, vectors, payloads, self.dim):
+            batch = models.Batch(ids=pids, vectors=vecs, payloads=pays)
+            with _backend("server", self._closed):
+                self._client.upsert(self.collection, points=batch, wait=True)
+
+    def index_payload(self, field: str, kind: str) -> None:
+        """Index a payload field (see PAYLOAD_INDEX_KINDS); a no-op in local mode, which has no indexes."""
+        schema = models.PayloadSchemaType(_payload_kind(kind))
+        if not self._local:
+            with _backend("server", self._closed):
+                self._client.create_payload_index(self.collection, field, field_schema=schema, wait=True)
+
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        limit: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[Hit]]:
+        vectors = _check_queries(vectors, self.dim, limit)
+        parsed = parse_filter(filter)
+        # Local mode always scans exactly and warns on every call that carries search params.
+        params = None if self._local else models.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact)
+        requests = [
+            models.QueryRequest(
+                query=q.tolist(), limit=limit, filter=parsed, params=params,
+                with_payload=True, with_vector=with_vectors,
+            )
+            for q in vectors
+        ]
+        with _backend("server", self._closed):
+            responses = self._client.query_batch_points(self.collection, requests) if requests else []
+        return [[_hit(p.id, p.score, p.payload, p.vector) for p in r.points] for r in responses]
+
+    def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        with _backend("server", self._closed):
+            records = self._client.retrieve(
+                self.collection, [point_id(i) for i in ids], with_payload=True, with_vectors=True
+            )
+        found = {str(r.payload["id"]): r.vector for r in records}
+        return _ordered_vectors(ids, found, self.dim)
+
+    def count(self) -> int:
+        with _backend("server", self._closed):
+            return self._client.count(self.collection, exact=True).count
+
+    def ping(self) -> bool:
+        # An approximate count is cheap on the server and fails once the collection is gone.
+        return not self._closed and _answers(lambda: self._client.count(self.collection, exact=False))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+
+def open_store(location: str | Path, collection: str = "catalog", api_key: str | None = None) -> Store:
+    """An existing index: an http(s) URL or ":memory:" opens a server collection, anything else an Edge dir."""
+    text = str(location)
+    if text == ":memory:" or text.startswith(("http://", "https://")):
+        return ServerStore(text, collection, api_key=api_key)
+    return EdgeStore.open(Path(text))
