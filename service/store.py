@@ -1,8 +1,7 @@
 """Vector store facade: one `Store` interface over Qdrant Edge (embedded) and a Qdrant server.
 
-Both backends speak cosine similarity over float32 vectors and accept the same filters:
-Qdrant's JSON filter syntax, validated once by `parse_filter` and rejected on both backends
-when Edge cannot run it, so switching backend never changes which requests are valid.
+Both backends speak cosine similarity over float32 vectors and accept the same payload filters
+(`service/filters.py`). Every backend failure surfaces as `StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -17,9 +16,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import pydantic
 import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
+
+# InvalidFilter is re-exported: callers catch it from the store they call.
+from service.filters import InvalidFilter, parse_filter, to_edge_filter, validate_filter  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ PAYLOAD_INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime", "text"
 
 class StoreUnavailable(Exception):
     """The backend cannot answer (closed, server down); the service maps it to 503."""
-
-
-class InvalidFilter(ValueError):
-    """A payload filter is not valid Qdrant filter JSON, or uses a condition Edge cannot run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,97 +80,6 @@ class Store(Protocol):
 def point_id(item_id: str) -> str:
     """Qdrant point id (a uuid5) for a catalog item id: arbitrary strings are not valid point ids."""
     return str(uuid.uuid5(_ID_NAMESPACE, item_id))
-
-
-def _validate(raw: dict | models.Filter | None) -> models.Filter | None:
-    if raw is None or isinstance(raw, models.Filter):
-        return raw
-    if not isinstance(raw, dict):
-        raise InvalidFilter(f"filter must be a JSON object, got {type(raw).__name__}")
-    try:
-        return models.Filter.model_validate(raw)
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        # Union members show up as "list[union[...]]" steps in the location; they only add noise.
-        loc = ".".join(str(p) for p in first["loc"] if "[" not in str(p))
-        raise InvalidFilter(
-            f"invalid filter at {loc or '<root>'}: {first['msg']} ({e.error_count()} problems)"
-        ) from None
-
-
-def parse_filter(raw: dict | models.Filter | None) -> models.Filter | None:
-    """Validate Qdrant filter JSON; `InvalidFilter` names the first problem, or what Edge cannot run."""
-    parsed = _validate(raw)
-    if parsed is not None:
-        to_edge_filter(parsed)  # one filter language on both backends
-    return parsed
-
-
-def _as_list(conditions: Any) -> list:
-    if conditions is None:
-        return []
-    return conditions if isinstance(conditions, list) else [conditions]
-
-
-def to_edge_filter(f: models.Filter) -> qe.Filter:
-    """Convert a validated qdrant-client Filter into the qdrant_edge equivalent."""
-    min_should = None
-    if f.min_should is not None:
-        conditions = [_edge_condition(c) for c in f.min_should.conditions]
-        min_should = qe.MinShould(conditions=conditions, min_count=f.min_should.min_count)
-    return qe.Filter(
-        must=[_edge_condition(c) for c in _as_list(f.must)] or None,
-        should=[_edge_condition(c) for c in _as_list(f.should)] or None,
-        must_not=[_edge_condition(c) for c in _as_list(f.must_not)] or None,
-        min_should=min_should,
-    )
-
-
-_EDGE_MATCH = {  # qdrant-client match model -> (qdrant_edge class, field holding the operand)
-    models.MatchValue: (qe.MatchValue, "value"),
-    models.MatchAny: (qe.MatchAny, "any"),
-    models.MatchExcept: (qe.MatchExcept, "except_"),
-    models.MatchText: (qe.MatchText, "text"),
-    models.MatchTextAny: (qe.MatchTextAny, "text_any"),
-    models.MatchPhrase: (qe.MatchPhrase, "phrase"),
-    models.MatchPrefix: (qe.MatchPrefix, "prefix"),
-    models.MatchSubstring: (qe.MatchSubstring, "substring"),
-}
-
-
-def _edge_range(r: models.Range | models.DatetimeRange) -> Any:
-    bounds = {k: getattr(r, k) for k in ("gt", "gte", "lt", "lte")}
-    if isinstance(r, models.Range):
-        return qe.RangeFloat(**bounds)
-    return qe.RangeDateTime(**{k: v.isoformat() if v is not None else None for k, v in bounds.items()})
-
-
-def _edge_condition(c: Any) -> Any:
-    if isinstance(c, models.Filter):
-        return to_edge_filter(c)
-    if isinstance(c, models.IsEmptyCondition):
-        return qe.IsEmptyCondition(c.is_empty.key)
-    if isinstance(c, models.IsNullCondition):
-        return qe.IsNullCondition(c.is_null.key)
-    if isinstance(c, models.NestedCondition):
-        return qe.NestedCondition(c.nested.key, to_edge_filter(c.nested.filter))
-    if not isinstance(c, models.FieldCondition):
-        raise InvalidFilter(f"{type(c).__name__} is not supported; filter on payload keys instead")
-    if c.geo_bounding_box or c.geo_radius or c.geo_polygon:
-        raise InvalidFilter(f"geo conditions are not supported (key {c.key!r})")
-    kw: dict[str, Any] = {}
-    if c.match is not None:
-        edge_cls, field = _EDGE_MATCH[type(c.match)]
-        kw["match"] = edge_cls(getattr(c.match, field))
-    if c.range is not None:
-        kw["range"] = _edge_range(c.range)
-    if c.values_count is not None:
-        vc = c.values_count
-        kw["values_count"] = qe.ValuesCount(lt=vc.lt, gt=vc.gt, lte=vc.lte, gte=vc.gte)
-    kw.update({k: v for k in ("is_empty", "is_null") if (v := getattr(c, k)) is not None})
-    if not kw:
-        raise InvalidFilter(f"condition on key {c.key!r} needs one of match, range, values_count")
-    return qe.FieldCondition(key=c.key, **kw)
 
 
 def _matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -333,7 +239,7 @@ class EdgeStore:
         hnsw_ef: int | None = None,
     ) -> list[list[Hit]]:
         vectors = _check_queries(vectors, self.dim, limit)
-        parsed = _validate(filter)
+        parsed = validate_filter(filter)
         edge_filter = None if parsed is None else to_edge_filter(parsed)
         params = qe.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact)
         requests = [

@@ -37,7 +37,8 @@ def vendi(x: np.ndarray) -> float:
 def vendi_normalised(x: np.ndarray) -> float:
     """(Vendi - 1) / (n - 1): 0 when all rows coincide, 1 when all are orthogonal."""
     n = len(x)
-    return (vendi(x) - 1.0) / (n - 1) if n > 1 else 0.0
+    # Clamp: eigen-solver round-off can put identical rows a hair below 1.
+    return max(0.0, (vendi(x) - 1.0) / (n - 1)) if n > 1 else 0.0
 
 
 def groundedness(nearest_cosine: np.ndarray) -> float:

@@ -1,0 +1,69 @@
+"""One error layer: typed domain errors -> HTTP status with an RFC 9457 problem+json body."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.filters import InvalidFilter
+from service.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+
+
+class EmptyQuery(ValueError):
+    """The query is empty or only whitespace."""
+
+
+class InvalidInput(ValueError):
+    """A field is well-typed but unusable (e.g. a query longer than the token limit)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def problem(status: int, title: str, detail: str, **extra) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers; unknown exceptions still become a 500 problem, logged with a trace."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(EmptyQuery)
+    async def empty_query(request: Request, exc: EmptyQuery):
+        return problem(400, "Empty query", str(exc), errors=[{"field": "query", "message": str(exc)}])
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(request: Request, exc: InvalidInput):
+        return problem(422, "Invalid request", f"{exc.field}: {exc}",
+                       errors=[{"field": exc.field, "message": str(exc)}])
+
+    @app.exception_handler(InvalidFilter)
+    async def invalid_filter(request: Request, exc: InvalidFilter):
+        return problem(422, "Invalid filter", f"filter: {exc}", errors=[{"field": "filter", "message": str(exc)}])
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable):
+        log.warning("store unavailable: %s", exc)
+        return problem(503, "Index unavailable", str(exc) or "the vector store does not answer")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return problem(exc.status_code, str(exc.detail), str(exc.detail))

@@ -1,0 +1,108 @@
+"""Payload filters: Qdrant's JSON filter syntax, validated once and converted for Qdrant Edge.
+
+Both store backends accept exactly the same filters: a filter Edge cannot run (geo, has_id) is
+rejected for the server backend too, so switching backend never changes which requests are valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import qdrant_edge as qe
+from qdrant_client import models
+
+
+class InvalidFilter(ValueError):
+    """A payload filter is not valid Qdrant filter JSON, or uses a condition Edge cannot run."""
+
+
+def validate_filter(raw: dict | models.Filter | None) -> models.Filter | None:
+    if raw is None or isinstance(raw, models.Filter):
+        return raw
+    if not isinstance(raw, dict):
+        raise InvalidFilter(f"filter must be a JSON object, got {type(raw).__name__}")
+    try:
+        return models.Filter.model_validate(raw)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        # Union members show up as "list[union[...]]" steps in the location; they only add noise.
+        loc = ".".join(str(p) for p in first["loc"] if "[" not in str(p))
+        raise InvalidFilter(
+            f"invalid filter at {loc or '<root>'}: {first['msg']} ({e.error_count()} problems)"
+        ) from None
+
+
+def parse_filter(raw: dict | models.Filter | None) -> models.Filter | None:
+    """Validate Qdrant filter JSON; `InvalidFilter` names the first problem, or what Edge cannot run."""
+    parsed = validate_filter(raw)
+    if parsed is not None:
+        to_edge_filter(parsed)  # one filter language on both backends
+    return parsed
+
+
+def _as_list(conditions: Any) -> list:
+    if conditions is None:
+        return []
+    return conditions if isinstance(conditions, list) else [conditions]
+
+
+def to_edge_filter(f: models.Filter) -> qe.Filter:
+    """Convert a validated qdrant-client Filter into the qdrant_edge equivalent."""
+    min_should = None
+    if f.min_should is not None:
+        conditions = [_edge_condition(c) for c in f.min_should.conditions]
+        min_should = qe.MinShould(conditions=conditions, min_count=f.min_should.min_count)
+    return qe.Filter(
+        must=[_edge_condition(c) for c in _as_list(f.must)] or None,
+        should=[_edge_condition(c) for c in _as_list(f.should)] or None,
+        must_not=[_edge_condition(c) for c in _as_list(f.must_not)] or None,
+        min_should=min_should,
+    )
+
+
+_EDGE_MATCH = {  # qdrant-client match model -> (qdrant_edge class, field holding the operand)
+    models.MatchValue: (qe.MatchValue, "value"),
+    models.MatchAny: (qe.MatchAny, "any"),
+    models.MatchExcept: (qe.MatchExcept, "except_"),
+    models.MatchText: (qe.MatchText, "text"),
+    models.MatchTextAny: (qe.MatchTextAny, "text_any"),
+    models.MatchPhrase: (qe.MatchPhrase, "phrase"),
+    models.MatchPrefix: (qe.MatchPrefix, "prefix"),
+    models.MatchSubstring: (qe.MatchSubstring, "substring"),
+}
+
+
+def _edge_range(r: models.Range | models.DatetimeRange) -> Any:
+    bounds = {k: getattr(r, k) for k in ("gt", "gte", "lt", "lte")}
+    if isinstance(r, models.Range):
+        return qe.RangeFloat(**bounds)
+    return qe.RangeDateTime(**{k: v.isoformat() if v is not None else None for k, v in bounds.items()})
+
+
+def _edge_condition(c: Any) -> Any:
+    if isinstance(c, models.Filter):
+        return to_edge_filter(c)
+    if isinstance(c, models.IsEmptyCondition):
+        return qe.IsEmptyCondition(c.is_empty.key)
+    if isinstance(c, models.IsNullCondition):
+        return qe.IsNullCondition(c.is_null.key)
+    if isinstance(c, models.NestedCondition):
+        return qe.NestedCondition(c.nested.key, to_edge_filter(c.nested.filter))
+    if not isinstance(c, models.FieldCondition):
+        raise InvalidFilter(f"{type(c).__name__} is not supported; filter on payload keys instead")
+    if c.geo_bounding_box or c.geo_radius or c.geo_polygon:
+        raise InvalidFilter(f"geo conditions are not supported (key {c.key!r})")
+    kw: dict[str, Any] = {}
+    if c.match is not None:
+        edge_cls, field = _EDGE_MATCH[type(c.match)]
+        kw["match"] = edge_cls(getattr(c.match, field))
+    if c.range is not None:
+        kw["range"] = _edge_range(c.range)
+    if c.values_count is not None:
+        vc = c.values_count
+        kw["values_count"] = qe.ValuesCount(lt=vc.lt, gt=vc.gt, lte=vc.lte, gte=vc.gte)
+    kw.update({k: v for k in ("is_empty", "is_null") if (v := getattr(c, k)) is not None})
+    if not kw:
+        raise InvalidFilter(f"condition on key {c.key!r} needs one of match, range, values_count")
+    return qe.FieldCondition(key=c.key, **kw)

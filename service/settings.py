@@ -1,0 +1,45 @@
+"""Online configuration: one pydantic-settings model read from `R4T_*` environment variables.
+
+The offline CLI uses the same model for artifact paths, so `r4t index` writes exactly where
+`r4t serve` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="R4T_", env_file=".env", extra="ignore")
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="Root of encoder, index and model artifacts")
+    dataset: Literal["polyvore", "mpd"] = Field("polyvore", description="Which catalog's index to serve")
+    encoder_dir: Path | None = Field(None, description="Encoder artifact; default <artifacts>/encoder")
+    index_dir: Path | None = Field(None, description="Index directory; default <artifacts>/index/<dataset>")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = the embedded Edge shard")
+    qdrant_api_key: str | None = None
+    collection: str | None = Field(None, description="Server collection; default r4t-<dataset>")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime device; cuda falls back to CPU")
+    require_gpu: bool = Field(False, description="Refuse to start when the CUDA provider is not in use")
+    onnx_threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per physical core")
+    max_query_tokens: int = Field(64, gt=0, description="Longer queries are rejected with 422")
+    max_limit: int = Field(1000, gt=0, description="Largest `limit` a request may ask for")
+    hnsw_ef: int | None = Field(None, gt=0, description="HNSW ef at search time; unset = store default")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.encoder_dir or self.artifacts_dir / "encoder"
+
+    @property
+    def index_path(self) -> Path:
+        return self.index_dir or self.artifacts_dir / "index" / self.dataset
+
+    @property
+    def collection_name(self) -> str:
+        return self.collection or f"r4t-{self.dataset}"

@@ -1,0 +1,199 @@
+"""`r4t eval`: score fan-out strategies on held-out sets with the paper's metrics, write tables.
+
+A strategy maps a batch of intents to retrievals through the one resolver. Every strategy is scored
+on the same queries with the same catalog index, so rows are comparable:
+- Recall@N / Hit@N: the reference set against the first N distinct items the strategy returns
+  (N = K × per-vector limit for fan-outs).
+- Vendi (runs): Vendi over R independent runs per query, each run represented by the mean of its
+  vectors (paper §6.2), normalised as (VS - 1) / (R - 1); deterministic strategies score 0.
+- groundedness, diversity, alignment: the open-ended proxies of paper Eq. 2-4 over the search
+  vectors; diversity is the normalised Vendi of the representative items (each vector's top-1; for
+  a single vector its top-K distinct items).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from service.encoder import OnnxEncoder
+from service.manifest import write_json_atomic, write_text_atomic
+from service.resolver import Resolver, mmr
+from training import metrics
+from training.data import Dataset
+
+log = logging.getLogger(__name__)
+
+# N per catalog: Polyvore's local catalog is 8.9k items, so 5K (the paper's N) would return half of it.
+DEFAULT_N = {"polyvore": (100, 500), "mpd": (500, 5000)}
+
+
+@dataclass
+class Retrieval:
+    vectors: np.ndarray  # (K, D) the unit vectors that searched the index
+    nearest: np.ndarray  # (K,) top-1 cosine of each vector
+    items: list[str]  # ordered distinct item ids, at most N
+    representatives: list[str]  # items whose embeddings measure diversity
+
+
+@dataclass
+class Strategy:
+    name: str
+    run: Callable[[list[str], np.ndarray, int, int], list[Retrieval]]  # (queries, (B, D), N, seed)
+    stochastic: bool = False
+
+
+@dataclass
+class EvalConfig:
+    dataset: str = "polyvore"  # polyvore | mpd
+    splits: tuple[str, ...] = ("val", "test")  # held-out splits to score
+    k: int = 10  # fan-out width K (paper: 10)
+    n_values: tuple[int, ...] = ()  # Recall@N cut-offs; () = DEFAULT_N of the dataset
+    strategies: tuple[str, ...] = ("single", "mmr")  # rows of the table
+    mmr_lambda: float = 0.5  # relevance weight of MMR
+    mmr_pool: int = 4  # MMR picks from the top mmr_pool × N_mmr candidates
+    mmr_max: int = 500  # MMR orders at most this many items; the rest follow by relevance
+    vendi_runs: int = 5  # runs per query for the run-to-run Vendi (paper: 5)
+    max_queries: int = 0  # 0 = every set of the split
+    batch: int = 64  # queries per resolver call
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.k < 1 or self.vendi_runs < 1 or self.batch < 1:
+            raise ValueError("k, vendi_runs and batch must be >= 1")
+        if not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ValueError("mmr_lambda must lie in [0, 1]; 0.5 balances relevance and novelty")
+        if any(n < self.k for n in self.n_values):
+            raise ValueError(f"every N must be >= k={self.k}")
+
+    @property
+    def ns(self) -> tuple[int, ...]:
+        return tuple(sorted(self.n_values or DEFAULT_N[self.dataset]))
+
+
+def single_strategy(resolver: Resolver, k: int) -> Strategy:
+    """No fan-out: the query alone retrieves N items (paper's No Fan-out baseline)."""
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        fused = resolver.resolve_many([v[None] for v in qv], limit_per_vector=n)
+        return [
+            Retrieval(vectors=v[None], nearest=np.array([f[0].score if f else -1.0]),
+                      items=[it.id for it in f], representatives=[it.id for it in f[:k]])
+            for v, f in zip(qv, fused)
+        ]
+
+    return Strategy("no fan-out", run)
+
+
+def mmr_strategy(resolver: Resolver, k: int, lam: float, pool: int, max_mmr: int) -> Strategy:
+    """MMR over the query's candidates: diversity without a fan-out model."""
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        m = min(n, max_mmr)
+        depth = max(n, pool * m)
+        out = []
+        for v, hits in zip(qv, resolver.store.search_batch(qv, limit=depth)):
+            head = hits[: pool * m]
+            vecs = resolver.store.fetch_vectors([h.id for h in head])  # (pool*m, D)
+            chosen = [h.id for h in mmr(v, [replace(h, vector=x) for h, x in zip(head, vecs)], m, lam)]
+            taken = set(chosen)
+            rest = [h.id for h in hits if h.id not in taken]
+            out.append(Retrieval(vectors=v[None], nearest=np.array([hits[0].score if hits else -1.0]),
+                                 items=(chosen + rest)[:n], representatives=chosen[:k]))
+        return out
+
+    return Strategy(f"MMR (λ={lam})", run)
+
+
+@dataclass
+class Row:
+    strategy: str
+    split: str
+    queries: int
+    recall: dict[int, float] = field(default_factory=dict)
+    hit: dict[int, float] = field(default_factory=dict)
+    vendi_runs: float = 0.0
+    groundedness: float = 0.0
+    diversity: float = 0.0
+    alignment: float = 0.0
+    seconds: float = 0.0
+
+
+def score_split(strategy: Strategy, dataset: Dataset, split: str, encoder: OnnxEncoder,
+                resolver: Resolver, cfg: EvalConfig) -> Row:
+    """Run one strategy over one split and average the per-query metrics."""
+    sets = dataset.split(split)
+    if cfg.max_queries:
+        sets = sets[: cfg.max_queries]
+    qv = encoder.encode([s.intent for s in sets])  # (B, D)
+    n_max, runs = cfg.ns[-1], cfg.vendi_runs if strategy.stochastic else 1
+    per_query: list[dict] = []
+    started = time.perf_counter()
+    for lo in tqdm(range(0, len(sets), cfg.batch), desc=f"{strategy.name} {split}", leave=False):
+        chunk, cq = sets[lo : lo + cfg.batch], qv[lo : lo + cfg.batch]
+        results = [strategy.run([s.intent for s in chunk], cq, n_max, cfg.seed + r) for r in range(runs)]
+        for i, s in enumerate(chunk):
+            per_query.append(query_metrics(s.item_ids, cq[i], [res[i] for res in results], resolver, cfg))
+    seconds = time.perf_counter() - started
+    mean = {key: float(np.mean([q[key] for q in per_query])) for key in per_query[0]}
+    return Row(strategy.name, split, len(sets),
+               recall={n: mean[f"recall@{n}"] for n in cfg.ns}, hit={n: mean[f"hit@{n}"] for n in cfg.ns},
+               vendi_runs=mean["vendi_runs"], groundedness=mean["groundedness"],
+               diversity=mean["diversity"], alignment=mean["alignment"], seconds=round(seconds, 1))
+
+
+def query_metrics(reference, query: np.ndarray, runs: list[Retrieval], resolver: Resolver,
+                  cfg: EvalConfig) -> dict:
+    first = runs[0]
+    out = {}
+    for n in cfg.ns:
+        out[f"recall@{n}"] = metrics.recall(reference, first.items[:n])
+        out[f"hit@{n}"] = metrics.hit(reference, first.items[:n])
+    # Paper §6.2: each run is represented by the mean of its vectors; deterministic runs repeat.
+    means = np.stack([r.vectors.mean(0) for r in runs] * (cfg.vendi_runs // len(runs)))
+    out["vendi_runs"] = metrics.vendi_normalised(means)
+    out["groundedness"] = metrics.groundedness(first.nearest)
+    out["alignment"] = metrics.alignment(first.vectors, query)
+    reps = first.representatives
+    out["diversity"] = metrics.vendi_normalised(resolver.store.fetch_vectors(reps)) if len(reps) > 1 else 0.0
+    return out
+
+
+def render_markdown(rows: list[Row], header: dict) -> str:
+    ns = header["n_values"]
+    cols = [f"Recall@{n}" for n in ns] + [f"Hit@{n}" for n in ns] + ["Vendi", "ground.", "divers.", "align."]
+    lines = [f"# Evaluation: {header['dataset']}", ""]
+    lines += [f"- {key}: {value}" for key, value in header.items() if key != "dataset"]
+    for split in dict.fromkeys(r.split for r in rows):
+        lines += ["", f"## {split}", "", "| strategy | queries | " + " | ".join(cols) + " | s |",
+                  "|---|---:|" + "---:|" * (len(cols) + 1)]
+        for r in (r for r in rows if r.split == split):
+            vals = [r.recall[n] for n in ns] + [r.hit[n] for n in ns]
+            vals += [r.vendi_runs, r.groundedness, r.diversity, r.alignment]
+            lines.append(f"| {r.strategy} | {r.queries} | " + " | ".join(f"{v:.4f}" for v in vals)
+                         + f" | {r.seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(strategies: list[Strategy], dataset: Dataset, encoder: OnnxEncoder, resolver: Resolver,
+             cfg: EvalConfig, out_dir: Path, command: str = "") -> list[Row]:
+    """Score every strategy on every split; write eval_<dataset>.{json,md} under `out_dir`."""
+    rows = [score_split(s, dataset, split, encoder, resolver, cfg) for split in cfg.splits for s in strategies]
+    header = {
+        "dataset": dataset.name, "encoder": encoder.manifest.encoder.name, "catalog_items": resolver.store.count(),
+        "k": cfg.k, "n_values": list(cfg.ns), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "command": command or "r4t eval",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / f"eval_{dataset.name}.json",
+                      {"header": header, "config": asdict(cfg), "rows": [asdict(r) for r in rows]})
+    write_text_atomic(out_dir / f"eval_{dataset.name}.md", render_markdown(rows, header))
+    return rows
