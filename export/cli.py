@@ -134,6 +134,34 @@ def evaluate(
     typer.echo(f"{len(rows)} rows -> {out}/eval_{dataset}.md")
 
 
+@app.command("bench-store")
+def bench_store_cmd(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    calls: int = typer.Option(200, help="Timed batched calls per setting"),
+    hnsw_ef: str = typer.Option("128", help="Comma-separated search-time ef values"),
+    data_dir: Optional[Path] = typer.Option(None),
+    artifacts: Optional[Path] = typer.Option(None),
+    out: Path = typer.Option(Path("results"), help="Where the report goes"),
+) -> None:
+    """Time one batched 10-vector search on the Edge index; HNSW recall against exact search."""
+    _setup()
+    _check_dataset(dataset)
+    from service.encoder import OnnxEncoder
+    from service.store import EdgeStore
+    from training.bench_store import BenchStoreConfig, bench_store, write_report
+    from training.data import default_data_dir, load_dataset
+    from training.index import SHARD_DIR, read_index_meta
+
+    settings = _settings(dataset, artifacts)
+    store = EdgeStore.open(settings.index_path / SHARD_DIR)
+    cfg = BenchStoreConfig(calls=calls, hnsw_ef=tuple(int(x) for x in hnsw_ef.split(",")))
+    result = bench_store(store, load_dataset(dataset, data_dir or default_data_dir()),
+                         OnnxEncoder(settings.encoder_path), cfg)
+    path = write_report(result, read_index_meta(settings.index_path) or {}, out,
+                        "r4t " + shlex.join(sys.argv[1:]))
+    typer.echo(path.read_text())
+
+
 @app.command()
 def serve(
     dataset: Optional[str] = typer.Option(None, help="Which index to serve (R4T_DATASET)"),

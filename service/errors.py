@@ -34,15 +34,21 @@ def problem(status: int, title: str, detail: str, **extra) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
+def validation_error(error: dict) -> dict:
+    """One pydantic/FastAPI error as {field, message}; the field is the dotted path inside the body."""
+    if error["type"] == "json_invalid":
+        # FastAPI puts the character offset where a field would be: ("body", 0) must not read as field "0".
+        reason = error.get("ctx", {}).get("error", "not JSON")
+        return {"field": "body", "message": f"{error['msg']}: {reason} at character {error['loc'][-1]}"}
+    return {"field": ".".join(str(p) for p in error["loc"] if p != "body") or "body", "message": error["msg"]}
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers; unknown exceptions still become a 500 problem, logged with a trace."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "message": e["msg"]}
-            for e in exc.errors()
-        ]
+        errors = [validation_error(e) for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(422, "Invalid request", detail, errors=errors)
 
@@ -67,3 +73,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return problem(exc.status_code, str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Starlette sends this from its outermost middleware, then re-raises so the server logs the trace.
+        return problem(500, "Internal server error", "an unexpected error; the server log has the trace")

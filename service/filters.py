@@ -48,7 +48,21 @@ def _as_list(conditions: Any) -> list:
 
 
 def to_edge_filter(f: models.Filter) -> qe.Filter:
-    """Convert a validated qdrant-client Filter into the qdrant_edge equivalent."""
+    """Convert a validated qdrant-client Filter into the qdrant_edge equivalent.
+
+    qdrant-client's models are looser than Edge's Rust types (an int beyond i64, a negative
+    min_count, an empty key), so Edge's own TypeError/ValueError/OverflowError become InvalidFilter.
+    """
+    try:
+        return _edge_filter(f)
+    except InvalidFilter:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # Rust errors span lines
+        raise InvalidFilter(f"filter cannot run on Qdrant Edge: {reason}") from None
+
+
+def _edge_filter(f: models.Filter) -> qe.Filter:
     min_should = None
     if f.min_should is not None:
         conditions = [_edge_condition(c) for c in f.min_should.conditions]
@@ -82,13 +96,13 @@ def _edge_range(r: models.Range | models.DatetimeRange) -> Any:
 
 def _edge_condition(c: Any) -> Any:
     if isinstance(c, models.Filter):
-        return to_edge_filter(c)
+        return _edge_filter(c)
     if isinstance(c, models.IsEmptyCondition):
         return qe.IsEmptyCondition(c.is_empty.key)
     if isinstance(c, models.IsNullCondition):
         return qe.IsNullCondition(c.is_null.key)
     if isinstance(c, models.NestedCondition):
-        return qe.NestedCondition(c.nested.key, to_edge_filter(c.nested.filter))
+        return qe.NestedCondition(c.nested.key, _edge_filter(c.nested.filter))
     if not isinstance(c, models.FieldCondition):
         raise InvalidFilter(f"{type(c).__name__} is not supported; filter on payload keys instead")
     if c.geo_bounding_box or c.geo_radius or c.geo_polygon:

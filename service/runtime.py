@@ -47,13 +47,14 @@ def open_index(settings: Settings) -> tuple[Store, dict]:
         return EdgeStore.open(Path(settings.index_path) / "shard"), meta
     except FileNotFoundError as exc:
         raise ArtifactError(str(exc)) from None
+    except Exception as exc:  # Edge raises bare Exception, e.g. WouldBlock on a WAL another process holds
+        raise ArtifactError(
+            f"cannot open the index at {settings.index_path}: {exc} (is another server using it?)"
+        ) from exc
 
 
-def load_runtime(settings: Settings) -> Runtime:
-    encoder = OnnxEncoder(settings.encoder_path, device=settings.device, threads=settings.onnx_threads)
-    if settings.require_gpu and encoder.provider != "CUDAExecutionProvider":
-        raise ArtifactError(f"R4T_REQUIRE_GPU is set but ONNX Runtime runs on {encoder.provider}")
-    store, meta = open_index(settings)
+def check_fit(settings: Settings, encoder: OnnxEncoder, store: Store, meta: dict) -> None:
+    """The index must hold vectors of this encoder: same width and, when recorded, same sha256."""
     if store.dim != encoder.dim:
         raise ArtifactError(f"index has {store.dim}-d vectors but the encoder emits {encoder.dim}-d")
     if meta and meta.get("encoder_sha256") != encoder.manifest.encoder_sha256:
@@ -61,6 +62,18 @@ def load_runtime(settings: Settings) -> Runtime:
             f"index {settings.index_path} was built with encoder {meta.get('encoder')!r} "
             f"({str(meta.get('encoder_sha256'))[:12]}), not the one at {settings.encoder_path}: re-run `r4t index`"
         )
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    encoder = OnnxEncoder(settings.encoder_path, device=settings.device, threads=settings.onnx_threads)
+    if settings.require_gpu and encoder.provider != "CUDAExecutionProvider":
+        raise ArtifactError(f"R4T_REQUIRE_GPU is set but ONNX Runtime runs on {encoder.provider}")
+    store, meta = open_index(settings)
+    try:
+        check_fit(settings, encoder, store, meta)
+    except ArtifactError:
+        store.close()  # a refused start must not keep the shard (and its WAL lock) open
+        raise
     runtime = Runtime(settings, encoder, store, Resolver(store), meta)
     search(runtime, SearchRequest(query="warm-up query", limit=1))  # one real pass before ready
     runtime.warmed_up = True
@@ -74,6 +87,10 @@ def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
     query = req.query.strip()
     if not query:
         raise EmptyQuery("query is empty or only whitespace")
+    try:
+        query.encode("utf-8")  # JSON may escape a lone surrogate ("\ud800"); the tokenizer raises TypeError
+    except UnicodeEncodeError:
+        raise InvalidInput("query", "query is not valid Unicode (it holds a lone surrogate)") from None
     if req.limit > rt.settings.max_limit:
         raise InvalidInput("limit", f"limit must be <= {rt.settings.max_limit}")
     if rt.encoder.count_tokens(query) > rt.settings.max_query_tokens:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import resource
 import shutil
 import tempfile
 import time
@@ -113,6 +114,9 @@ def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     meta["build_s"] = round(time.perf_counter() - started, 2)
+    meta["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    if tmp is not None:
+        meta["disk_mb"] = round(sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) / 2**20, 1)
     meta["config"] = asdict(cfg)
     if tmp is None:
         write_json_atomic(index_dir / INDEX_FILE, meta)

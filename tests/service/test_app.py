@@ -1,0 +1,279 @@
+"""The service end to end on a real Edge index of the Polyvore slice: routes, errors, readiness, start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.manifest import ArtifactError
+from service.store import EdgeStore
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as client:  # the lifespan loads encoder and index
+        yield client
+
+
+@pytest.fixture(scope="module")
+def probe_item(polyvore, encoder):
+    """An item whose text no other item shares (the encoder is uncased, so compare lowercased)."""
+    counts = Counter(it.text.lower() for it in polyvore.items.values())
+    return next(
+        it for it in polyvore.items.values()
+        if counts[it.text.lower()] == 1 and len(it.text.split()) >= 4 and encoder.count_tokens(it.text) <= 32
+    )
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    if field is not None:
+        fields = [e["field"] for e in body.get("errors", [])]
+        assert any(f == field or f.startswith(f"{field}.") for f in fields), body
+    return body
+
+
+# --- ops routes ---------------------------------------------------------------------------------
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_reports_every_check_true(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ready"] is True
+    assert body["checks"] == {"artifact": True, "warm_up": True, "store": True}
+
+
+def test_info_shows_provider_items_and_manifest(client, polyvore, encoder):
+    body = client.get("/info").json()
+    assert body["provider"] == "CPUExecutionProvider"
+    assert body["items"] == len(polyvore.items)
+    assert body["manifest"]["encoder"]["name"] == encoder.manifest.encoder.name
+    assert body["index"]["encoder_sha256"] == encoder.manifest.encoder_sha256
+    assert body["dataset"] == "polyvore"
+
+
+# --- search -------------------------------------------------------------------------------------
+
+
+def test_search_returns_limit_items_sorted_with_timings(client):
+    response = client.post("/search", json={"query": "black leather ankle boots", "limit": 7})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["items"]) == 7
+    for item in body["items"]:
+        assert set(item) == {"id", "text", "payload", "score"} and item["text"] and item["id"]
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert set(body["timings"]) >= {"encode", "resolve", "total"}
+    assert all(v >= 0 for v in body["timings"].values())
+
+
+def test_search_for_an_item_text_finds_that_item_first(client, probe_item):
+    body = client.post("/search", json={"query": probe_item.text, "limit": 5}).json()
+    top = body["items"][0]
+    assert top["id"] == probe_item.id and top["text"] == probe_item.text
+    assert top["score"] == pytest.approx(1.0, abs=1e-3)  # same text, same vector
+
+
+def test_payload_filter_keeps_only_that_category(client, polyvore):
+    category, count = Counter(it.payload["category"] for it in polyvore.items.values()).most_common(1)[0]
+    limit = min(count, 15)
+    flt = {"must": [{"key": "category", "match": {"value": category}}]}
+    body = client.post("/search", json={"query": "summer outfit", "limit": limit, "filter": flt}).json()
+    assert len(body["items"]) == limit
+    assert {item["payload"]["category"] for item in body["items"]} == {category}
+
+
+# --- errors: 4xx problem+json naming the field, never 500 -----------------------------------------
+
+JEANS = {"key": "category", "match": {"value": "Jeans"}}
+LONG_QUERY = " ".join(["outfit", "boots", "velvet", "summer", "denim"] * 40)  # 200 words, ~200 tokens
+BAD_REQUESTS = {
+    "empty query": ({"query": ""}, 400, "query"),
+    "whitespace query": ({"query": "   "}, 400, "query"),
+    "query over the token limit": ({"query": LONG_QUERY}, 422, "query"),
+    "limit 0": ({"query": "boots", "limit": 0}, 422, "limit"),
+    "limit above max_limit": ({"query": "boots", "limit": 1001}, 422, "limit"),
+    "limit as a string": ({"query": "boots", "limit": "ten"}, 422, "limit"),
+    "unknown field": ({"query": "boots", "fanout": 8}, 422, "fanout"),
+    "missing query": ({"limit": 3}, 422, "query"),
+    "malformed filter": ({"query": "boots", "filter": {"must": [{"key": "x", "matc": {}}]}}, 422, "filter"),
+    "filter not an object": ({"query": "boots", "filter": [{"key": "x"}]}, 422, "filter"),
+    "filter of a wrong value type": (
+        {"query": "boots", "filter": {"must": [{"key": "category", "match": {"value": {"a": 1}}}]}}, 422, "filter"
+    ),
+    # Valid for qdrant-client's models, but not for Edge's Rust types: once each a 500.
+    "filter int beyond i64": (
+        {"query": "boots", "filter": {"must": [{"key": "category_id", "match": {"value": 10**30}}]}}, 422, "filter"
+    ),
+    "filter with an empty key": (
+        {"query": "boots", "filter": {"must": [{"key": "", "match": {"value": "Jeans"}}]}}, 422, "filter"
+    ),
+    "filter negative min_count": (
+        {"query": "boots", "filter": {"min_should": {"conditions": [JEANS], "min_count": -1}}}, 422, "filter"
+    ),
+}
+
+
+@pytest.mark.parametrize("payload, status, field", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_request_is_a_problem_naming_the_field(client, payload, status, field):
+    assert_problem(client.post("/search", json=payload), status, field)
+
+
+RAW_BODIES = {
+    "not JSON": (b"query=boots", 422, "body"),
+    # Valid JSON escapes that are not valid Unicode: the tokenizer and Edge each raised TypeError.
+    "lone surrogate in query": (b'{"query": "\\ud800 boots"}', 422, "query"),
+    "lone surrogate in filter": (
+        b'{"query": "boots", "filter": {"must": [{"key": "category", "match": {"text": "\\udfff"}}]}}',
+        422, "filter",
+    ),
+}
+
+
+@pytest.mark.parametrize("raw, status, field", RAW_BODIES.values(), ids=RAW_BODIES.keys())
+def test_raw_body_is_a_problem_naming_the_field(client, raw, status, field):
+    response = client.post("/search", content=raw, headers={"content-type": "application/json"})
+    assert_problem(response, status, field)
+
+
+def test_invalid_utf8_body_is_a_4xx_problem(client):
+    raw = b'{"query": "\xff\xfe"}'
+    response = client.post("/search", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text  # FastAPI's own 400 "error parsing the body"
+    assert_problem(response, response.status_code)
+
+
+def test_unknown_route_is_a_problem(client):
+    assert_problem(client.get("/nope"), 404)
+
+
+def test_unexpected_error_is_a_500_problem(client, monkeypatch):
+    def broken(rt, req):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr("service.app.search", broken)
+    raw = TestClient(client.app, raise_server_exceptions=False)  # not entered: the lifespan already ran
+    assert_problem(raw.post("/search", json={"query": "boots"}), 500)
+
+
+# --- readiness flip and start-up refusal ----------------------------------------------------------
+
+
+def test_closed_store_flips_readiness_and_search_to_503(settings, index_copy):
+    with TestClient(create_app(settings.model_copy(update={"index_dir": index_copy}))) as client:
+        assert client.get("/readyz").status_code == 200
+        client.app.state.runtime.store.close()
+        body = assert_problem(client.get("/readyz"), 503)
+        assert body["checks"]["store"] is False
+        assert_problem(client.post("/search", json={"query": "boots"}), 503)
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_missing_index_refuses_to_start_with_one_line(settings, tmp_path):
+    app = create_app(settings.model_copy(update={"index_dir": tmp_path / "nowhere"}))
+    with pytest.raises(ArtifactError) as err:
+        with TestClient(app):
+            pass
+    message = str(err.value)
+    assert "\n" not in message and "r4t index" in message
+
+
+def test_index_of_another_encoder_refuses_to_start(settings, index_copy):
+    meta_path = index_copy / "index.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"encoder_sha256": "0" * 64}))
+    with pytest.raises(ArtifactError, match="encoder") as err:
+        with TestClient(create_app(settings.model_copy(update={"index_dir": index_copy}))):
+            pass
+    assert "\n" not in str(err.value) and "r4t index" in str(err.value)
+    EdgeStore.open(index_copy / "shard").close()  # the refused start let go of the shard's lock
+
+
+def test_index_in_use_by_another_server_refuses_to_start(client, settings):
+    # `client` holds the shard open; Edge locks its WAL, so a second server cannot load it.
+    with pytest.raises(ArtifactError, match="another server") as err:
+        with TestClient(create_app(settings)):
+            pass
+    assert "\n" not in str(err.value)
+
+
+# --- a real uvicorn process, and a torch-free import ---------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, deadline_s: float = 60.0) -> None:
+    """Poll /readyz until 200; a bound on start-up, not a speed assert."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"uvicorn exited during start-up:\n{log_path.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"uvicorn was not ready within {deadline_s} s:\n{log_path.read_text(errors='replace')}")
+
+
+def test_real_uvicorn_process_serves_search(encoder_dir, index_copy, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("R4T_")}
+    env |= {
+        "R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
+        "R4T_ONNX_THREADS": "1",  # a small CI box; one thread is plenty for a handful of queries
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+           "--host", "127.0.0.1", "--port", str(port)]
+    log_path = tmp_path / "uvicorn.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base, proc, log_path)
+            response = httpx.post(f"{base}/search", json={"query": "red summer dress", "limit": 3}, timeout=30)
+            assert response.status_code == 200, response.text
+            assert len(response.json()["items"]) == 3
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_importing_the_app_leaves_torch_out():
+    heavy = ("torch", "sentence_transformers", "transformers")
+    code = f"import sys, service.app; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
