@@ -29,11 +29,11 @@ def _setup(verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download weights at run time
 
 
-def _settings(dataset: str | None = None, artifacts: Path | None = None):
+def _settings(dataset: str | None = None, artifacts: Path | None = None, encoder: str | None = None):
     from service.settings import Settings
 
-    overrides = {k: v for k, v in {"dataset": dataset, "artifacts_dir": artifacts}.items() if v}
-    return Settings(**overrides)
+    overrides = {"dataset": dataset, "artifacts_dir": artifacts, "encoder": encoder}
+    return Settings(**{k: v for k, v in overrides.items() if v})
 
 
 def _check_dataset(dataset: str) -> None:
@@ -56,42 +56,78 @@ def _parity_texts(data_dir: Path | None, n: int = 256) -> list[str]:
     return texts
 
 
+ENCODER_OPT = typer.Option(None, help="Encoder artifact name under <artifacts>/encoders (R4T_ENCODER)")
+ARTIFACTS_OPT = typer.Option(None, help="Artifacts root (R4T_ARTIFACTS_DIR)")
+DATA_OPT = typer.Option(None, help="Data root; default ../shared/data or ./data (R4T_DATA_DIR)")
+
+
 @encoder_app.command("export")
 def encoder_export(
     model: str = typer.Option("", help="sentence-transformers path; default all-MiniLM-L6-v2 from its wheel"),
-    name: str = typer.Option("all-MiniLM-L6-v2", help="Name recorded in the manifest"),
-    out: Optional[Path] = typer.Option(None, help="Artifact dir; default <artifacts>/encoder"),
-    artifacts: Optional[Path] = typer.Option(None, help="Artifacts root (R4T_ARTIFACTS_DIR)"),
-    data_dir: Optional[Path] = typer.Option(None, help="Data root for the parity texts"),
+    name: str = typer.Option("all-MiniLM-L6-v2", help="Artifact name, recorded in the manifest"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
-    """Export the encoder to ONNX with its tokenizer; checks parity against sentence-transformers."""
+    """Export an encoder to ONNX with its tokenizer; checks parity against sentence-transformers."""
     _setup()
     from export.encoder import EncoderExportConfig, export_encoder
 
-    target = out or _settings(artifacts=artifacts).encoder_path
+    target = _settings(artifacts=artifacts, encoder=name).encoder_path
     manifest = export_encoder(target, EncoderExportConfig(model=model, name=name), _parity_texts(data_dir))
     typer.echo(f"{target}: parity max|Δ|={manifest.parity.max_abs_error:.2e} on {manifest.parity.n_inputs} texts")
+
+
+@encoder_app.command("tune")
+def encoder_tune(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    name: str = typer.Option("", help="Name of the tuned encoder; default minilm-<dataset>"),
+    epochs: float = typer.Option(1.0, help="Passes over the training pairs"),
+    batch_size: int = typer.Option(128, help="In-batch negatives per anchor"),
+    intent_pairs: int = typer.Option(8, help="(intent, item) pairs per train set"),
+    item_pairs: int = typer.Option(4, help="(item, item) pairs per train set"),
+    max_steps: int = typer.Option(-1, help="Cap on optimizer steps (-1 = epochs decide)"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """Fine-tune the encoder on train-split sets (resumable), then export it like the base one."""
+    _setup()
+    _check_dataset(dataset)
+    from export.encoder import default_encoder_path
+    from training.data import default_data_dir, load_dataset
+    from training.tune_encoder import TuneConfig, tune_encoder
+
+    name = name or f"minilm-{dataset}"
+    settings = _settings(dataset, artifacts)
+    work = settings.artifacts_dir / "tune" / name
+    cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
+                     max_steps=max_steps)
+    report = tune_encoder(default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work, cfg)
+    encoder_export(model=str(work / "model"), name=name, artifacts=artifacts, data_dir=data_dir)
+    typer.echo(f"tuned {name}: {report['steps']} steps in {report['train_seconds']} s; report {work}/tune_report.json")
 
 
 @app.command()
 def index(
     dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
-    data_dir: Optional[Path] = typer.Option(None, help="Data root; default ../shared/data or ./data"),
-    artifacts: Optional[Path] = typer.Option(None, help="Artifacts root (R4T_ARTIFACTS_DIR)"),
+    encoder: Optional[str] = ENCODER_OPT,
     limit: int = typer.Option(0, help="Read at most this many sets (0 = all), for quick runs"),
     qdrant_url: str = typer.Option("", help="Index into a Qdrant server instead of the Edge shard"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
-    """Embed the catalog with the exported encoder and build its index (a no-op when up to date)."""
+    """Embed the catalog with an exported encoder and build its index (a no-op when up to date)."""
     _setup()
     _check_dataset(dataset)
     from service.encoder import OnnxEncoder
+    from service.settings import BASE_ENCODER
     from training.data import default_data_dir, load_dataset
     from training.index import IndexConfig, build_index
 
-    settings = _settings(dataset, artifacts)
+    settings = _settings(dataset, artifacts, encoder)
     if not (settings.encoder_path / "manifest.json").is_file():
-        encoder_export(model="", name="all-MiniLM-L6-v2", out=settings.encoder_path, artifacts=None,
-                       data_dir=data_dir)
+        if settings.encoder != BASE_ENCODER:
+            raise typer.BadParameter(f"no encoder artifact at {settings.encoder_path}; run `r4t encoder tune`")
+        encoder_export(model="", name=BASE_ENCODER, artifacts=artifacts, data_dir=data_dir)
     ds = load_dataset(dataset, data_dir or default_data_dir(), limit=limit or None)
     meta = build_index(ds, OnnxEncoder(settings.encoder_path), settings.index_path,
                        IndexConfig(qdrant_url=qdrant_url))
@@ -101,46 +137,53 @@ def index(
 @app.command("eval")
 def evaluate(
     dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
-    strategies: str = typer.Option("single,mmr", help="Comma-separated: single, mmr"),
+    encoders: str = typer.Option("all-MiniLM-L6-v2", help="Comma-separated encoder names, side by side"),
+    strategies: str = typer.Option("single,mmr", help="Comma-separated: single, mmr, neighbours"),
     splits: str = typer.Option("val,test", help="Comma-separated splits"),
     n: str = typer.Option("", help="Comma-separated Recall@N cut-offs; default per dataset"),
     max_queries: int = typer.Option(0, help="Score at most this many sets per split (0 = all)"),
-    data_dir: Optional[Path] = typer.Option(None),
-    artifacts: Optional[Path] = typer.Option(None),
+    tag: str = typer.Option("", help="Suffix of the report name: eval_<dataset>_<tag>"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where the tables go"),
 ) -> None:
-    """Score strategies on held-out sets; writes results/eval_<dataset>.{md,json}."""
+    """Score strategies on held-out sets; writes results/eval_<dataset>[_<tag>].{md,json}."""
     _setup()
     _check_dataset(dataset)
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
     from service.store import EdgeStore
+    from training import evaluate as ev
     from training.data import default_data_dir, load_dataset
-    from training.evaluate import EvalConfig, evaluate as run_eval, mmr_strategy, single_strategy
+    from training.index import SHARD_DIR
 
-    settings = _settings(dataset, artifacts)
-    cfg = EvalConfig(dataset=dataset, splits=tuple(splits.split(",")), max_queries=max_queries,
-                     n_values=tuple(int(x) for x in n.split(",") if x))
-    resolver = Resolver(EdgeStore.open(settings.index_path / "shard"))
-    builders = {"single": lambda: single_strategy(resolver, cfg.k),
-                "mmr": lambda: mmr_strategy(resolver, cfg.k, cfg.mmr_lambda, cfg.mmr_pool, cfg.mmr_max)}
-    unknown = set(strategies.split(",")) - builders.keys()
+    cfg = ev.EvalConfig(dataset=dataset, splits=tuple(splits.split(",")), max_queries=max_queries,
+                        n_values=tuple(int(x) for x in n.split(",") if x))
+    ds = load_dataset(dataset, data_dir or default_data_dir())
+    names = strategies.split(",")
+    unknown = set(names) - {"single", "mmr", "neighbours"}
     if unknown:
-        raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from {sorted(builders)}")
-    rows = run_eval([builders[s]() for s in strategies.split(",")],
-                    load_dataset(dataset, data_dir or default_data_dir()),
-                    OnnxEncoder(settings.encoder_path), resolver, cfg, out,
-                    command="r4t " + shlex.join(sys.argv[1:]))
-    typer.echo(f"{len(rows)} rows -> {out}/eval_{dataset}.md")
+        raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from single, mmr, neighbours")
+    rows = []
+    for name in encoders.split(","):
+        settings = _settings(dataset, artifacts, name)
+        enc, res = OnnxEncoder(settings.encoder_path), Resolver(EdgeStore.open(settings.index_path / SHARD_DIR))
+        builders = {"single": lambda: ev.single_strategy(enc, res, cfg.k),
+                    "mmr": lambda: ev.mmr_strategy(enc, res, cfg.k, cfg.mmr_lambda, cfg.mmr_pool, cfg.mmr_max),
+                    "neighbours": lambda: ev.neighbour_sets_strategy(enc, res, ds, cfg.k)}
+        rows += [builders[s]() for s in names]
+    ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
+    typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
 
 
 @app.command("bench-store")
 def bench_store_cmd(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    encoder: Optional[str] = ENCODER_OPT,
     calls: int = typer.Option(200, help="Timed batched calls per setting"),
     hnsw_ef: str = typer.Option("128", help="Comma-separated search-time ef values"),
-    data_dir: Optional[Path] = typer.Option(None),
-    artifacts: Optional[Path] = typer.Option(None),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where the report goes"),
 ) -> None:
     """Time one batched 10-vector search on the Edge index; HNSW recall against exact search."""
@@ -152,7 +195,7 @@ def bench_store_cmd(
     from training.data import default_data_dir, load_dataset
     from training.index import SHARD_DIR, read_index_meta
 
-    settings = _settings(dataset, artifacts)
+    settings = _settings(dataset, artifacts, encoder)
     store = EdgeStore.open(settings.index_path / SHARD_DIR)
     cfg = BenchStoreConfig(calls=calls, hnsw_ef=tuple(int(x) for x in hnsw_ef.split(",")))
     result = bench_store(store, load_dataset(dataset, data_dir or default_data_dir()),
@@ -165,6 +208,7 @@ def bench_store_cmd(
 @app.command()
 def serve(
     dataset: Optional[str] = typer.Option(None, help="Which index to serve (R4T_DATASET)"),
+    encoder: Optional[str] = ENCODER_OPT,
     host: Optional[str] = typer.Option(None, help="Bind address (R4T_HOST)"),
     port: Optional[int] = typer.Option(None, help="Port (R4T_PORT)"),
 ) -> None:
@@ -174,7 +218,8 @@ def serve(
 
     if dataset:
         _check_dataset(dataset)
-        os.environ["R4T_DATASET"] = dataset  # the app factory reads its Settings from the environment
-    settings = _settings(dataset)
+    # The app factory reads its Settings from the environment.
+    os.environ.update({k: v for k, v in {"R4T_DATASET": dataset, "R4T_ENCODER": encoder}.items() if v})
+    settings = _settings(dataset, encoder=encoder)
     uvicorn.run("service.app:create_app", factory=True, host=host or settings.host,
                 port=port or settings.port, log_level="info")

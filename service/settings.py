@@ -13,13 +13,17 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+BASE_ENCODER = "all-MiniLM-L6-v2"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="R4T_", env_file=".env", extra="ignore")
 
     artifacts_dir: Path = Field(Path("artifacts"), description="Root of encoder, index and model artifacts")
     dataset: Literal["polyvore", "mpd"] = Field("polyvore", description="Which catalog's index to serve")
-    encoder_dir: Path | None = Field(None, description="Encoder artifact; default <artifacts>/encoder")
-    index_dir: Path | None = Field(None, description="Index directory; default <artifacts>/index/<dataset>")
+    encoder: str = Field(BASE_ENCODER, description="Encoder artifact name under <artifacts>/encoders/")
+    encoder_dir: Path | None = Field(None, description="Encoder artifact; default <artifacts>/encoders/<encoder>")
+    index_dir: Path | None = Field(None, description="Index; default <artifacts>/index/<dataset>/<encoder>")
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = the embedded Edge shard")
     qdrant_api_key: str | None = None
     collection: str | None = Field(None, description="Server collection; default r4t-<dataset>")
@@ -34,11 +38,12 @@ class Settings(BaseSettings):
 
     @property
     def encoder_path(self) -> Path:
-        return self.encoder_dir or self.artifacts_dir / "encoder"
+        return self.encoder_dir or self.artifacts_dir / "encoders" / self.encoder
 
     @property
     def index_path(self) -> Path:
-        return self.index_dir or self.artifacts_dir / "index" / self.dataset
+        """Each (dataset, encoder) pair has its own index: vectors of two encoders never mix."""
+        return self.index_dir or self.artifacts_dir / "index" / self.dataset / self.encoder
 
     @property
     def collection_name(self) -> str:

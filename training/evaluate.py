@@ -46,8 +46,12 @@ class Retrieval:
 
 @dataclass
 class Strategy:
+    """A table row: how to retrieve, in which embedding space (encoder + its index)."""
+
     name: str
     run: Callable[[list[str], np.ndarray, int, int], list[Retrieval]]  # (queries, (B, D), N, seed)
+    encoder: OnnxEncoder
+    resolver: Resolver
     stochastic: bool = False
 
 
@@ -79,7 +83,7 @@ class EvalConfig:
         return tuple(sorted(self.n_values or DEFAULT_N[self.dataset]))
 
 
-def single_strategy(resolver: Resolver, k: int) -> Strategy:
+def single_strategy(encoder: OnnxEncoder, resolver: Resolver, k: int) -> Strategy:
     """No fan-out: the query alone retrieves N items (paper's No Fan-out baseline)."""
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
@@ -90,10 +94,11 @@ def single_strategy(resolver: Resolver, k: int) -> Strategy:
             for v, f in zip(qv, fused)
         ]
 
-    return Strategy("no fan-out", run)
+    return Strategy("no fan-out", run, encoder, resolver)
 
 
-def mmr_strategy(resolver: Resolver, k: int, lam: float, pool: int, max_mmr: int) -> Strategy:
+def mmr_strategy(encoder: OnnxEncoder, resolver: Resolver, k: int, lam: float, pool: int,
+                 max_mmr: int) -> Strategy:
     """MMR over the query's candidates: diversity without a fan-out model."""
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
@@ -110,12 +115,38 @@ def mmr_strategy(resolver: Resolver, k: int, lam: float, pool: int, max_mmr: int
                                  items=(chosen + rest)[:n], representatives=chosen[:k]))
         return out
 
-    return Strategy(f"MMR (λ={lam})", run)
+    return Strategy(f"MMR (λ={lam})", run, encoder, resolver)
+
+
+def neighbour_sets_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: Dataset, k: int) -> Strategy:
+    """Union of the items of the train sets whose intents are nearest to the query, truncated to N.
+
+    A strong peer that needs no item embeddings: it answers with what people actually put together.
+    """
+    train = dataset.split("train")
+    intents = encoder.encode([s.intent for s in train])  # (S, D)
+
+    def union_of_nearest(order: np.ndarray, n: int) -> list[str]:
+        items: dict[str, None] = {}
+        for j in order:
+            items.update(dict.fromkeys(train[j].item_ids))
+            if len(items) >= n:
+                break
+        return list(items)[:n]
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        nearest = [hits[0].score if hits else -1.0 for hits in resolver.store.search_batch(qv, limit=1)]
+        orders = np.argsort(-(qv @ intents.T), axis=1)  # (B, S) nearest train intents first
+        return [Retrieval(vectors=v[None], nearest=np.array([c]), items=(items := union_of_nearest(o, n)),
+                          representatives=items[:k]) for v, c, o in zip(qv, nearest, orders)]
+
+    return Strategy("neighbour sets", run, encoder, resolver)
 
 
 @dataclass
 class Row:
     strategy: str
+    encoder: str
     split: str
     queries: int
     recall: dict[int, float] = field(default_factory=dict)
@@ -127,13 +158,12 @@ class Row:
     seconds: float = 0.0
 
 
-def score_split(strategy: Strategy, dataset: Dataset, split: str, encoder: OnnxEncoder,
-                resolver: Resolver, cfg: EvalConfig) -> Row:
+def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfig) -> Row:
     """Run one strategy over one split and average the per-query metrics."""
     sets = dataset.split(split)
     if cfg.max_queries:
         sets = sets[: cfg.max_queries]
-    qv = encoder.encode([s.intent for s in sets])  # (B, D)
+    qv = strategy.encoder.encode([s.intent for s in sets])  # (B, D)
     n_max, runs = cfg.ns[-1], cfg.vendi_runs if strategy.stochastic else 1
     per_query: list[dict] = []
     started = time.perf_counter()
@@ -141,10 +171,10 @@ def score_split(strategy: Strategy, dataset: Dataset, split: str, encoder: OnnxE
         chunk, cq = sets[lo : lo + cfg.batch], qv[lo : lo + cfg.batch]
         results = [strategy.run([s.intent for s in chunk], cq, n_max, cfg.seed + r) for r in range(runs)]
         for i, s in enumerate(chunk):
-            per_query.append(query_metrics(s.item_ids, cq[i], [res[i] for res in results], resolver, cfg))
+            per_query.append(query_metrics(s.item_ids, cq[i], [res[i] for res in results], strategy.resolver, cfg))
     seconds = time.perf_counter() - started
     mean = {key: float(np.mean([q[key] for q in per_query])) for key in per_query[0]}
-    return Row(strategy.name, split, len(sets),
+    return Row(strategy.name, strategy.encoder.manifest.encoder.name, split, len(sets),
                recall={n: mean[f"recall@{n}"] for n in cfg.ns}, hit={n: mean[f"hit@{n}"] for n in cfg.ns},
                vendi_runs=mean["vendi_runs"], groundedness=mean["groundedness"],
                diversity=mean["diversity"], alignment=mean["alignment"], seconds=round(seconds, 1))
@@ -173,27 +203,28 @@ def render_markdown(rows: list[Row], header: dict) -> str:
     lines = [f"# Evaluation: {header['dataset']}", ""]
     lines += [f"- {key}: {value}" for key, value in header.items() if key != "dataset"]
     for split in dict.fromkeys(r.split for r in rows):
-        lines += ["", f"## {split}", "", "| strategy | queries | " + " | ".join(cols) + " | s |",
-                  "|---|---:|" + "---:|" * (len(cols) + 1)]
+        lines += ["", f"## {split}", "", "| strategy | encoder | queries | " + " | ".join(cols) + " | s |",
+                  "|---|---|---:|" + "---:|" * (len(cols) + 1)]
         for r in (r for r in rows if r.split == split):
             vals = [r.recall[n] for n in ns] + [r.hit[n] for n in ns]
             vals += [r.vendi_runs, r.groundedness, r.diversity, r.alignment]
-            lines.append(f"| {r.strategy} | {r.queries} | " + " | ".join(f"{v:.4f}" for v in vals)
+            lines.append(f"| {r.strategy} | {r.encoder} | {r.queries} | " + " | ".join(f"{v:.4f}" for v in vals)
                          + f" | {r.seconds} |")
     return "\n".join(lines) + "\n"
 
 
-def evaluate(strategies: list[Strategy], dataset: Dataset, encoder: OnnxEncoder, resolver: Resolver,
-             cfg: EvalConfig, out_dir: Path, command: str = "") -> list[Row]:
-    """Score every strategy on every split; write eval_<dataset>.{json,md} under `out_dir`."""
-    rows = [score_split(s, dataset, split, encoder, resolver, cfg) for split in cfg.splits for s in strategies]
+def evaluate(strategies: list[Strategy], dataset: Dataset, cfg: EvalConfig, out_dir: Path,
+             command: str = "", tag: str = "") -> list[Row]:
+    """Score every strategy on every split; write eval_<dataset>[_<tag>].{json,md} under `out_dir`."""
+    rows = [score_split(s, dataset, split, cfg) for split in cfg.splits for s in strategies]
     header = {
-        "dataset": dataset.name, "encoder": encoder.manifest.encoder.name, "catalog_items": resolver.store.count(),
+        "dataset": dataset.name, "catalog_items": strategies[0].resolver.store.count(),
         "k": cfg.k, "n_values": list(cfg.ns), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "command": command or "r4t eval",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / f"eval_{dataset.name}.json",
+    stem = f"eval_{dataset.name}" + (f"_{tag}" if tag else "")
+    write_json_atomic(out_dir / f"{stem}.json",
                       {"header": header, "config": asdict(cfg), "rows": [asdict(r) for r in rows]})
-    write_text_atomic(out_dir / f"eval_{dataset.name}.md", render_markdown(rows, header))
+    write_text_atomic(out_dir / f"{stem}.md", render_markdown(rows, header))
     return rows

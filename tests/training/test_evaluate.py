@@ -8,7 +8,7 @@ import pytest
 
 from service.resolver import Resolver
 from service.store import EdgeStore
-from training.evaluate import EvalConfig, evaluate, mmr_strategy, single_strategy
+from training.evaluate import EvalConfig, evaluate, mmr_strategy, neighbour_sets_strategy, single_strategy
 from training.index import SHARD_DIR, IndexConfig, build_index
 
 
@@ -23,9 +23,9 @@ def resolver(polyvore, encoder, tmp_path_factory):
 
 def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_path):
     cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 50), mmr_pool=2, mmr_max=50)
-    strategies = [single_strategy(resolver, cfg.k), mmr_strategy(resolver, cfg.k, 0.5, 2, 50)]
-    rows = evaluate(strategies, polyvore, encoder, resolver, cfg, tmp_path)
-    single, mmr = rows
+    strategies = [single_strategy(encoder, resolver, cfg.k), mmr_strategy(encoder, resolver, cfg.k, 0.5, 2, 50),
+                  neighbour_sets_strategy(encoder, resolver, polyvore, cfg.k)]
+    single, mmr, neighbours = evaluate(strategies, polyvore, cfg, tmp_path)
     assert single.queries == len(polyvore.split("val")) > 0
     # On a ~700-item slice the outfit title alone finds some of its own items.
     assert 0.0 < single.recall[10] <= single.recall[50] <= 1.0
@@ -33,8 +33,11 @@ def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_p
     assert single.alignment == pytest.approx(1.0)  # the only vector is the query itself
     assert single.vendi_runs == pytest.approx(0.0, abs=1e-9)  # deterministic: five identical runs
     assert mmr.diversity > single.diversity  # MMR trades relevance for diverse top items
+    # Items belong to one outfit each here, so train outfits never hold a val outfit's items.
+    assert neighbours.recall[50] == 0.0 and neighbours.queries == single.queries
     table = json.loads((tmp_path / "eval_polyvore.json").read_text())
-    assert [r["strategy"] for r in table["rows"]] == ["no fan-out", "MMR (λ=0.5)"]
+    assert [r["strategy"] for r in table["rows"]] == ["no fan-out", "MMR (λ=0.5)", "neighbour sets"]
+    assert {r["encoder"] for r in table["rows"]} == {"all-MiniLM-L6-v2"}
     assert "Recall@10" in (tmp_path / "eval_polyvore.md").read_text()
 
 
