@@ -70,10 +70,16 @@ def encoder_export(
 ) -> None:
     """Export an encoder to ONNX with its tokenizer; checks parity against sentence-transformers."""
     _setup()
+    _export_encoder(model, name, artifacts, data_dir)
+
+
+def _export_encoder(model: str, name: str, artifacts: Path | None, data_dir: Path | None,
+                    training: dict | None = None) -> None:
     from export.encoder import EncoderExportConfig, export_encoder
 
     target = _settings(artifacts=artifacts, encoder=name).encoder_path
-    manifest = export_encoder(target, EncoderExportConfig(model=model, name=name), _parity_texts(data_dir))
+    manifest = export_encoder(target, EncoderExportConfig(model=model, name=name), _parity_texts(data_dir),
+                              training)
     typer.echo(f"{target}: parity max|Δ|={manifest.parity.max_abs_error:.2e} on {manifest.parity.n_inputs} texts")
 
 
@@ -102,7 +108,9 @@ def encoder_tune(
     cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
                      max_steps=max_steps)
     report = tune_encoder(default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work, cfg)
-    encoder_export(model=str(work / "model"), name=name, artifacts=artifacts, data_dir=data_dir)
+    training = {k: report[k] for k in ("dataset", "pairs", "steps", "train_seconds", "val_before", "val_after",
+                                       "config")}
+    _export_encoder(str(work / "model"), name, artifacts, data_dir, training)
     typer.echo(f"tuned {name}: {report['steps']} steps in {report['train_seconds']} s; report {work}/tune_report.json")
 
 
@@ -127,7 +135,7 @@ def index(
     if not (settings.encoder_path / "manifest.json").is_file():
         if settings.encoder != BASE_ENCODER:
             raise typer.BadParameter(f"no encoder artifact at {settings.encoder_path}; run `r4t encoder tune`")
-        encoder_export(model="", name=BASE_ENCODER, artifacts=artifacts, data_dir=data_dir)
+        _export_encoder("", BASE_ENCODER, artifacts, data_dir)
     ds = load_dataset(dataset, data_dir or default_data_dir(), limit=limit or None)
     meta = build_index(ds, OnnxEncoder(settings.encoder_path), settings.index_path,
                        IndexConfig(qdrant_url=qdrant_url))

@@ -74,8 +74,13 @@ class MeanPooledEncoder(torch.nn.Module):
         return torch.nn.functional.normalize(pooled, p=2, dim=-1)
 
 
-def export_encoder(out_dir: Path, cfg: EncoderExportConfig, parity_texts: list[str]) -> Manifest:
-    """Export, verify against sentence-transformers on `parity_texts`, then move into `out_dir`."""
+def export_encoder(out_dir: Path, cfg: EncoderExportConfig, parity_texts: list[str],
+                   training: dict | None = None) -> Manifest:
+    """Export, verify against sentence-transformers on `parity_texts`, then move into `out_dir`.
+
+    `training` (the tuning config and its val metrics, when the encoder was fine-tuned) is recorded
+    in the manifest beside the export config.
+    """
     source = cfg.model or default_encoder_path()
     st = SentenceTransformer(source, device="cpu", local_files_only=True)
     st.eval()
@@ -107,7 +112,7 @@ def export_encoder(out_dir: Path, cfg: EncoderExportConfig, parity_texts: list[s
                            max_seq_len=max_len)
         manifest = Manifest(kind="encoder", encoder=info, opset=cfg.opset,
                             inputs=["input_ids", "attention_mask"], outputs=["embedding"],
-                            files=hash_files(tmp), config=asdict(cfg),
+                            files=hash_files(tmp), config={"export": asdict(cfg), "training": training or {}},
                             parity=Parity(reference="pending", n_inputs=0, max_abs_error=float("nan"),
                                           min_cosine=float("nan")))
         write_json_atomic(tmp / "manifest.json", manifest.model_dump())
