@@ -92,6 +92,7 @@ def encoder_tune(
     intent_pairs: int = typer.Option(8, help="(intent, item) pairs per train set"),
     item_pairs: int = typer.Option(4, help="(item, item) pairs per train set"),
     max_steps: int = typer.Option(-1, help="Cap on optimizer steps (-1 = epochs decide)"),
+    eval_steps: int = typer.Option(100, help="Evaluate on val, checkpoint and maybe stop every N steps"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -106,7 +107,7 @@ def encoder_tune(
     settings = _settings(dataset, artifacts)
     work = settings.artifacts_dir / "tune" / name
     cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
-                     max_steps=max_steps)
+                     max_steps=max_steps, eval_steps=eval_steps)
     report = tune_encoder(default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work, cfg)
     training = {k: report[k] for k in ("dataset", "pairs", "steps", "train_seconds", "val_before", "val_after",
                                        "config")}

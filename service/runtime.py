@@ -97,7 +97,8 @@ def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
         raise InvalidInput("query", f"query is longer than {rt.settings.max_query_tokens} tokens")
     vector = rt.encoder.encode([query])  # (1, D)
     encoded = time.perf_counter()
-    items = rt.resolver.resolve(vector, limit_per_vector=req.limit, filter=req.filter)
+    items = rt.resolver.resolve(vector, limit_per_vector=req.limit, filter=req.filter,
+                                hnsw_ef=rt.settings.hnsw_ef)
     done = time.perf_counter()
     return SearchResponse(
         items=[ResultItem(id=it.id, text=it.text, payload=it.payload, score=it.score) for it in items],
