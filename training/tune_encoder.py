@@ -62,7 +62,7 @@ def training_pairs(dataset: Dataset, cfg: TuneConfig) -> list[tuple[str, str, st
 
 def val_evaluator(dataset: Dataset, cfg: TuneConfig):
     """Single-query recall of val-set items from their intent, on a seeded corpus sample."""
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     rng = random.Random(cfg.seed)
     sets = dataset.split("val")
