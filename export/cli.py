@@ -19,8 +19,12 @@ import typer
 app = typer.Typer(help="R4T fan-out retrieval: build, train, evaluate and serve.", no_args_is_help=True)
 encoder_app = typer.Typer(help="The text encoder that defines the embedding space.", no_args_is_help=True)
 app.add_typer(encoder_app, name="encoder")
+fanout_app = typer.Typer(help="Step (i): the fan-out LM and its GRPO training.", no_args_is_help=True)
+app.add_typer(fanout_app, name="fanout")
 
 DATASETS = ("polyvore", "mpd")
+STRATEGIES = ("single", "mmr", "neighbours", "zero-shot", "best-of-5", "folm")
+DEFAULT_POLICY = "smollm2-135m-instruct"  # = training.fanout.policy.DEFAULT_POLICY, without importing torch
 
 
 def _setup(verbose: bool = False) -> None:
@@ -93,6 +97,7 @@ def encoder_tune(
     item_pairs: int = typer.Option(4, help="(item, item) pairs per train set"),
     max_steps: int = typer.Option(-1, help="Cap on optimizer steps (-1 = epochs decide)"),
     eval_steps: int = typer.Option(100, help="Evaluate on val, checkpoint and maybe stop every N steps"),
+    lr: float = typer.Option(5e-5, help="AdamW peak learning rate"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -107,7 +112,7 @@ def encoder_tune(
     settings = _settings(dataset, artifacts)
     work = settings.artifacts_dir / "tune" / name
     cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
-                     max_steps=max_steps, eval_steps=eval_steps)
+                     max_steps=max_steps, eval_steps=eval_steps, lr=lr)
     report = tune_encoder(default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work, cfg)
     training = {k: report[k] for k in ("dataset", "pairs", "steps", "train_seconds", "val_before", "val_after",
                                        "config")}
@@ -147,11 +152,14 @@ def index(
 def evaluate(
     dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
     encoders: str = typer.Option("all-MiniLM-L6-v2", help="Comma-separated encoder names, side by side"),
-    strategies: str = typer.Option("single,mmr", help="Comma-separated: single, mmr, neighbours"),
+    strategies: str = typer.Option("single,mmr", help="Comma-separated: " + ", ".join(STRATEGIES)),
     splits: str = typer.Option("val,test", help="Comma-separated splits"),
     n: str = typer.Option("", help="Comma-separated Recall@N cut-offs; default per dataset"),
     max_queries: int = typer.Option(0, help="Score at most this many sets per split (0 = all)"),
     tag: str = typer.Option("", help="Suffix of the report name: eval_<dataset>_<tag>"),
+    policy: str = typer.Option("", help="Zero-shot / Best-of-5 policy LM; default the shipped SmolLM2"),
+    folm: str = typer.Option("", help="RL-tuned policy; default <artifacts>/fanout/<dataset>-wscr/model"),
+    vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi of stochastic strategies"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where the tables go"),
@@ -167,22 +175,111 @@ def evaluate(
     from training.index import SHARD_DIR
 
     cfg = ev.EvalConfig(dataset=dataset, splits=tuple(splits.split(",")), max_queries=max_queries,
-                        n_values=tuple(int(x) for x in n.split(",") if x))
+                        n_values=tuple(int(x) for x in n.split(",") if x), vendi_runs=vendi_runs)
     ds = load_dataset(dataset, data_dir or default_data_dir())
     names = strategies.split(",")
-    unknown = set(names) - {"single", "mmr", "neighbours"}
+    unknown = set(names) - set(STRATEGIES)
     if unknown:
-        raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from single, mmr, neighbours")
+        raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
+    settings = _settings(dataset, artifacts)
+    folm = folm or str(settings.artifacts_dir / "fanout" / f"{dataset}-wscr" / "model")
     rows = []
     for name in encoders.split(","):
         settings = _settings(dataset, artifacts, name)
         enc, res = OnnxEncoder(settings.encoder_path), Resolver(EdgeStore.open(settings.index_path / SHARD_DIR))
+
+        def lm_strategy(label: str, model: str, best_of: int = 1):
+            from training.fanout.infer import FanoutLM, SampleConfig
+            from training.fanout.rewards import RewardConfig, RewardModel
+
+            lm = FanoutLM(model, settings.artifacts_dir, SampleConfig(dataset=dataset, temperature=0.8))
+            chooser = RewardModel(enc, res, RewardConfig(task="oar"))
+            return ev.fanout_lm_strategy(label, lm, enc, res, cfg.k, best_of, chooser)
+
         builders = {"single": lambda: ev.single_strategy(enc, res, cfg.k),
                     "mmr": lambda: ev.mmr_strategy(enc, res, cfg.k, cfg.mmr_lambda, cfg.mmr_pool, cfg.mmr_max),
-                    "neighbours": lambda: ev.neighbour_sets_strategy(enc, res, ds, cfg.k)}
+                    "neighbours": lambda: ev.neighbour_sets_strategy(enc, res, ds, cfg.k),
+                    "zero-shot": lambda: lm_strategy("zero-shot", policy or DEFAULT_POLICY),
+                    "best-of-5": lambda: lm_strategy("Best-of-5", policy or DEFAULT_POLICY, 5),
+                    "folm": lambda: lm_strategy("R4T-FOLM", folm)}
         rows += [builders[s]() for s in names]
     ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
     typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
+
+
+@fanout_app.command("train")
+def fanout_train(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    task: str = typer.Option("wscr", help="wscr (recall of the reference set) | oar (composite)"),
+    encoder: Optional[str] = ENCODER_OPT,
+    policy: str = typer.Option(DEFAULT_POLICY, help="Start policy: name under <artifacts>/policy, path or HF id"),
+    name: str = typer.Option("", help="Run name under <artifacts>/fanout; default <dataset>-<task>"),
+    steps: int = typer.Option(100, help="Optimizer steps"),
+    prompts_per_step: int = typer.Option(2, help="Train intents per step"),
+    group: int = typer.Option(8, help="Completions per intent (G)"),
+    micro_batch: int = typer.Option(4, help="Completions per forward/backward pass"),
+    lr: float = typer.Option(5e-6, help="AdamW learning rate"),
+    beta: float = typer.Option(0.0, help="KL coefficient against the start policy"),
+    temperature: float = typer.Option(0.8, help="Sampling temperature of the rollouts"),
+    depth: int = typer.Option(0, help="Results per sub-query in the WSCR union; default N_max / K of the eval"),
+    lora: bool = typer.Option(False, help="Train LoRA adapters instead of every weight"),
+    bf16: bool = typer.Option(False, help="bfloat16 autocast (only where the CPU has native bf16)"),
+    save_steps: int = typer.Option(10, help="Checkpoint every N steps; a rerun resumes from the newest"),
+    val_queries: int = typer.Option(64, help="Held-out intents for the before/after reward"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """GRPO on train-split intents with set-level rewards from the serving retriever (resumable)."""
+    _setup()
+    _check_dataset(dataset)
+    from service.encoder import OnnxEncoder
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.data import default_data_dir, load_dataset
+    from training.evaluate import DEFAULT_N
+    from training.fanout.grpo import RLConfig, train_grpo
+    from training.fanout.rewards import RewardConfig, RewardModel
+    from training.index import SHARD_DIR
+
+    settings = _settings(dataset, artifacts, encoder)
+    enc = OnnxEncoder(settings.encoder_path)
+    rewards = RewardModel(enc, Resolver(EdgeStore.open(settings.index_path / SHARD_DIR)),
+                          RewardConfig(task=task, depth=depth or DEFAULT_N[dataset][-1] // 10))
+    cfg = RLConfig(policy=policy, steps=steps, prompts_per_step=prompts_per_step, group=group,
+                   micro_batch=micro_batch, lr=lr, beta=beta, temperature=temperature, lora=lora, bf16=bf16,
+                   save_steps=save_steps, val_queries=val_queries)
+    out = settings.artifacts_dir / "fanout" / (name or f"{dataset}-{task}")
+    report = train_grpo(cfg, rewards, load_dataset(dataset, data_dir or default_data_dir()),
+                        settings.artifacts_dir, out)
+    typer.echo(f"{out}: {report['steps']} steps in {report['train_seconds']} s; held-out reward "
+               f"{report['heldout_before']['total']} -> {report['heldout_after']['total']}")
+
+
+@fanout_app.command("latency")
+def fanout_latency(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    policy: str = typer.Option(DEFAULT_POLICY, help="Policy: name under <artifacts>/policy, path or HF id"),
+    queries: int = typer.Option(50, help="Val intents, one fan-out each at batch 1"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+    out: Path = typer.Option(Path("results"), help="Where the report goes"),
+) -> None:
+    """Per-query fan-out latency of a policy LM at batch 1 (median, p95) on this machine."""
+    _setup()
+    _check_dataset(dataset)
+    from training.data import default_data_dir, load_dataset
+    from training.fanout.infer import FanoutLM, SampleConfig, latency_report
+
+    settings = _settings(dataset, artifacts)
+    lm = FanoutLM(policy, settings.artifacts_dir, SampleConfig(dataset=dataset, temperature=0.8))
+    sets = load_dataset(dataset, data_dir or default_data_dir()).split("val")[:queries]
+    report = latency_report(lm, [s.intent for s in sets])
+    report["command"] = "r4t " + shlex.join(sys.argv[1:])
+    from service.manifest import write_json_atomic
+
+    path = out / f"fanout_latency_{dataset}.json"
+    write_json_atomic(path, report)
+    typer.echo(f"{path}: median {report['median_ms']} ms, p95 {report['p95_ms']} ms per query")
 
 
 @app.command("bench-store")

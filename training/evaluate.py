@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from service.encoder import OnnxEncoder
 from service.manifest import write_json_atomic, write_text_atomic
-from service.resolver import Resolver, mmr
+from service.resolver import Resolver, fuse, mmr
 from training import metrics
 from training.data import Dataset
 
@@ -53,6 +53,7 @@ class Strategy:
     encoder: OnnxEncoder
     resolver: Resolver
     stochastic: bool = False
+    stats: dict = field(default_factory=dict)  # LM strategies count fan-outs and parsed ones here
 
 
 @dataclass
@@ -143,6 +144,54 @@ def neighbour_sets_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: D
     return Strategy("neighbour sets", run, encoder, resolver)
 
 
+def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, k: int, best_of: int = 1,
+                       rewards=None) -> Strategy:
+    """An LM writes sub-queries; each is embedded and searched; the union of their results is fused.
+
+    best_of > 1 samples that many fan-outs and keeps the one the label-free OAR composite (`rewards`,
+    task "oar") ranks first: selecting by the WSCR reward would read the held-out reference set.
+    A malformed fan-out (no sub-queries) falls back to the broad query alone; the parse rate is
+    reported beside the table. Each sub-query gets ceil(N / m) results so m < K still fills N.
+    """
+    if best_of > 1 and (rewards is None or rewards.cfg.task != "oar"):
+        raise ValueError("Best-of-N needs a label-free (task='oar') reward model to choose with")
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        groups = lm.sample(queries, best_of, seed=seed)
+        chosen = []
+        for q, group in zip(queries, groups):
+            strategy.stats["fanouts"] = strategy.stats.get("fanouts", 0) + len(group)
+            strategy.stats["parsed"] = strategy.stats.get("parsed", 0) + sum(f.ok for f in group)
+            if best_of > 1:
+                scores = [r.total for r in rewards.score([q] * len(group), group)]
+                group = [group[int(np.argmax(scores))]]
+            chosen.append(list(group[0].queries) or [q])
+        vectors = encoder.encode([s for subs in chosen for s in subs])
+        bounds = np.cumsum([0, *map(len, chosen)])
+        blocks = [vectors[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        per_vector = max(-(-n // max(len(b), 1)) for b in blocks)
+        out = []
+        for block, hits in zip(blocks, _search_blocks(resolver, blocks, per_vector)):
+            fused = resolver_fuse(hits, n)
+            out.append(Retrieval(vectors=block, nearest=np.array([h[0].score if h else -1.0 for h in hits]),
+                                 items=fused, representatives=list(dict.fromkeys(h[0].id for h in hits if h))))
+        return out
+
+    strategy = Strategy(name, run, encoder, resolver, stochastic=True)
+    return strategy
+
+
+def _search_blocks(resolver: Resolver, blocks: list[np.ndarray], limit: int) -> list[list]:
+    """One store call for every block's vectors; per block, the hit lists of its vectors."""
+    results = resolver.store.search_batch(np.concatenate(blocks), limit=limit)
+    bounds = np.cumsum([0, *map(len, blocks)])
+    return [results[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def resolver_fuse(hits: list, n: int) -> list[str]:
+    """Union fusion (rank-major round robin) of one fan-out's hit lists, first n distinct ids."""
+    return [it.id for it in fuse(hits, "union", n)]
+
+
 @dataclass
 class Row:
     strategy: str
@@ -156,6 +205,7 @@ class Row:
     diversity: float = 0.0
     alignment: float = 0.0
     seconds: float = 0.0
+    parse_rate: float | None = None  # share of LM fan-outs that parsed; None for strategies without an LM
 
 
 def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfig) -> Row:
@@ -166,6 +216,7 @@ def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfi
     qv = strategy.encoder.encode([s.intent for s in sets])  # (B, D)
     n_max, runs = cfg.ns[-1], cfg.vendi_runs if strategy.stochastic else 1
     per_query: list[dict] = []
+    strategy.stats.clear()
     started = time.perf_counter()
     for lo in tqdm(range(0, len(sets), cfg.batch), desc=f"{strategy.name} {split}", leave=False):
         chunk, cq = sets[lo : lo + cfg.batch], qv[lo : lo + cfg.batch]
@@ -177,7 +228,9 @@ def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfi
     return Row(strategy.name, strategy.encoder.manifest.encoder.name, split, len(sets),
                recall={n: mean[f"recall@{n}"] for n in cfg.ns}, hit={n: mean[f"hit@{n}"] for n in cfg.ns},
                vendi_runs=mean["vendi_runs"], groundedness=mean["groundedness"],
-               diversity=mean["diversity"], alignment=mean["alignment"], seconds=round(seconds, 1))
+               diversity=mean["diversity"], alignment=mean["alignment"], seconds=round(seconds, 1),
+               parse_rate=(round(strategy.stats["parsed"] / strategy.stats["fanouts"], 4)
+                           if strategy.stats.get("fanouts") else None))
 
 
 def query_metrics(reference, query: np.ndarray, runs: list[Retrieval], resolver: Resolver,
@@ -203,13 +256,13 @@ def render_markdown(rows: list[Row], header: dict) -> str:
     lines = [f"# Evaluation: {header['dataset']}", ""]
     lines += [f"- {key}: {value}" for key, value in header.items() if key != "dataset"]
     for split in dict.fromkeys(r.split for r in rows):
-        lines += ["", f"## {split}", "", "| strategy | encoder | queries | " + " | ".join(cols) + " | s |",
-                  "|---|---|---:|" + "---:|" * (len(cols) + 1)]
+        lines += ["", f"## {split}", "", "| strategy | encoder | queries | " + " | ".join(cols) + " | parsed | s |",
+                  "|---|---|---:|" + "---:|" * (len(cols) + 2)]
         for r in (r for r in rows if r.split == split):
             vals = [r.recall[n] for n in ns] + [r.hit[n] for n in ns]
             vals += [r.vendi_runs, r.groundedness, r.diversity, r.alignment]
             lines.append(f"| {r.strategy} | {r.encoder} | {r.queries} | " + " | ".join(f"{v:.4f}" for v in vals)
-                         + f" | {r.seconds} |")
+                         + f" | {'—' if r.parse_rate is None else f'{r.parse_rate:.2f}'} | {r.seconds} |")
     return "\n".join(lines) + "\n"
 
 

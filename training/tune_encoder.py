@@ -8,6 +8,7 @@ val-split evaluator measures single-query recall during training and drives earl
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -110,9 +111,13 @@ def tune_encoder(base: str, dataset: Dataset, out_dir: Path, cfg: TuneConfig) ->
         model=model, args=args, train_dataset=train, loss=MultipleNegativesRankingLoss(model),
         evaluator=evaluator, callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
     )
+    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
+    config_file = out_dir / "tune_config.json"
+    if resume and config_file.exists() and json.loads(config_file.read_text()) != asdict(cfg):
+        raise ValueError(f"{out_dir} holds checkpoints of another config ({config_file}); pick another name")
+    write_json_atomic(config_file, asdict(cfg))
     before = evaluator(model)
     started = time.perf_counter()
-    resume = any((out_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.perf_counter() - started
     after = evaluator(model)
