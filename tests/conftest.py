@@ -54,3 +54,29 @@ def encoder(encoder_dir):
     from service.encoder import OnnxEncoder
 
     return OnnxEncoder(encoder_dir)
+
+
+@pytest.fixture(scope="session")
+def policy_artifacts(tmp_path_factory):
+    """An artifacts root holding the shipped SmolLM2 GGUF converted once to an HF checkpoint."""
+    pytest.importorskip("trl")
+    from training.fanout.policy import DEFAULT_POLICY, convert_gguf
+
+    root = tmp_path_factory.mktemp("policy-artifacts")
+    convert_gguf(root / "policy" / DEFAULT_POLICY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def resolver(polyvore, encoder, tmp_path_factory):
+    """A Qdrant Edge index of the Polyvore slice behind the resolver (built once per run; the service
+    tests build their own, since an open Edge shard is locked)."""
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.index import SHARD_DIR, IndexConfig, build_index
+
+    index_dir = tmp_path_factory.mktemp("resolver-index") / "polyvore"
+    build_index(polyvore, encoder, index_dir, IndexConfig())
+    store = EdgeStore.open(index_dir / SHARD_DIR)
+    yield Resolver(store)
+    store.close()

@@ -6,19 +6,7 @@ import json
 
 import pytest
 
-from service.resolver import Resolver
-from service.store import EdgeStore
 from training.evaluate import EvalConfig, evaluate, mmr_strategy, neighbour_sets_strategy, single_strategy
-from training.index import SHARD_DIR, IndexConfig, build_index
-
-
-@pytest.fixture(scope="module")
-def resolver(polyvore, encoder, tmp_path_factory):
-    index_dir = tmp_path_factory.mktemp("eval") / "polyvore"
-    build_index(polyvore, encoder, index_dir, IndexConfig())
-    store = EdgeStore.open(index_dir / SHARD_DIR)
-    yield Resolver(store)
-    store.close()
 
 
 def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_path):

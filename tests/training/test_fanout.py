@@ -6,12 +6,9 @@ import json
 
 import pytest
 
-from service.resolver import Resolver
-from service.store import EdgeStore
 from training.fanout.parse import Fanout, parse_fanout
 from training.fanout.prompts import PREFILL, fanout_prompt
 from training.fanout.rewards import RewardConfig, RewardModel
-from training.index import SHARD_DIR, IndexConfig, build_index
 
 
 # --- prompts -------------------------------------------------------------------------------------
@@ -50,15 +47,6 @@ def test_parser_caps_at_k():
 
 
 # --- rewards on a real Polyvore slice ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def resolver(polyvore, encoder, tmp_path_factory):
-    index_dir = tmp_path_factory.mktemp("fanout") / "polyvore"
-    build_index(polyvore, encoder, index_dir, IndexConfig())
-    store = EdgeStore.open(index_dir / SHARD_DIR)
-    yield Resolver(store)
-    store.close()
-
 
 GOOD = ["floral maxi dress", "fringe suede bag", "straw wide brim hat", "brown ankle boots", "denim shorts",
         "turquoise necklace", "crochet top", "round sunglasses", "gold bangles", "embroidered kimono"]

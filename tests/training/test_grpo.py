@@ -7,42 +7,22 @@ from dataclasses import replace
 
 import pytest
 
-from service.resolver import Resolver
-from service.store import EdgeStore
 from training.evaluate import EvalConfig, evaluate, fanout_lm_strategy
 from training.fanout.grpo import RLConfig, train_grpo
 from training.fanout.infer import FanoutLM, SampleConfig, latency_report
 from training.fanout.policy import DEFAULT_POLICY, convert_gguf
 from training.fanout.rewards import RewardConfig, RewardModel
-from training.index import SHARD_DIR, IndexConfig, build_index
 
 pytest.importorskip("trl")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """The shipped GGUF converted once into <artifacts>/policy/<default name>."""
-    root = tmp_path_factory.mktemp("policy-artifacts")
-    convert_gguf(root / "policy" / DEFAULT_POLICY)
-    return root
-
-
-@pytest.fixture(scope="module")
-def resolver(polyvore, encoder, tmp_path_factory):
-    index_dir = tmp_path_factory.mktemp("grpo") / "polyvore"
-    build_index(polyvore, encoder, index_dir, IndexConfig())
-    store = EdgeStore.open(index_dir / SHARD_DIR)
-    yield Resolver(store)
-    store.close()
 
 
 SMALL = SampleConfig(dataset="polyvore", max_new_tokens=24, temperature=0.8)
 
 
-def test_converted_checkpoint_reloads_and_samples(artifacts):
-    assert (artifacts / "policy" / DEFAULT_POLICY / "config.json").is_file()
-    assert convert_gguf(artifacts / "policy" / DEFAULT_POLICY) == artifacts / "policy" / DEFAULT_POLICY  # no-op
-    lm = FanoutLM(DEFAULT_POLICY, artifacts, SMALL)
+def test_converted_checkpoint_reloads_and_samples(policy_artifacts):
+    converted = policy_artifacts / "policy" / DEFAULT_POLICY
+    assert (converted / "config.json").is_file() and convert_gguf(converted) == converted  # a no-op now
+    lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
     groups = lm.sample(["office chic", "late summer picnic"], n=3, seed=1)
     assert [len(g) for g in groups] == [3, 3]
     assert all(len(f.queries) <= 10 and all(f.queries) for g in groups for f in g)
@@ -51,15 +31,15 @@ def test_converted_checkpoint_reloads_and_samples(artifacts):
     assert report["queries"] == 2 and report["median_ms"] > 0 and 0.0 <= report["parse_rate"] <= 1.0
 
 
-def test_grpo_smoke_run_checkpoints_resumes_and_writes_curves(polyvore, encoder, resolver, artifacts, tmp_path):
+def test_grpo_smoke_run_checkpoints_resumes_and_writes_curves(polyvore, encoder, resolver, policy_artifacts, tmp_path):
     rewards = RewardModel(encoder, resolver, RewardConfig(task="wscr", depth=20))
     cfg = RLConfig(steps=1, prompts_per_step=2, group=2, micro_batch=2, max_new_tokens=24, save_steps=1,
                    val_queries=2, val_samples=2)
     out = tmp_path / "run"
-    first = train_grpo(cfg, rewards, polyvore, artifacts, out)
+    first = train_grpo(cfg, rewards, polyvore, policy_artifacts, out)
     assert first["steps"] == 1 and first["completions_per_step"] == 4 and not first["resumed"]
 
-    report = train_grpo(replace(cfg, steps=2), rewards, polyvore, artifacts, out)  # resumes at step 1
+    report = train_grpo(replace(cfg, steps=2), rewards, polyvore, policy_artifacts, out)  # resumes at step 1
     assert report["resumed"] and report["steps"] == 2
     assert report["heldout_before"] == first["heldout_before"]  # measured once per run directory
     for side in ("heldout_before", "heldout_after"):
@@ -69,15 +49,15 @@ def test_grpo_smoke_run_checkpoints_resumes_and_writes_curves(polyvore, encoder,
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [1, 2] and all(r["rewards/recall/mean"] != "" for r in rows)
     assert (out / "reward_curves.png").stat().st_size > 0
-    FanoutLM(str(out / "model"), artifacts, SMALL)  # the tuned policy loads like any HF checkpoint
+    FanoutLM(str(out / "model"), policy_artifacts, SMALL)  # the tuned policy loads like any HF checkpoint
 
-    assert train_grpo(replace(cfg, steps=2), rewards, polyvore, artifacts, out) == report  # done: no-op
+    assert train_grpo(replace(cfg, steps=2), rewards, polyvore, policy_artifacts, out) == report  # done: no-op
     with pytest.raises(ValueError, match="another config"):
-        train_grpo(replace(cfg, lr=1e-3), rewards, polyvore, artifacts, out)
+        train_grpo(replace(cfg, lr=1e-3), rewards, polyvore, policy_artifacts, out)
 
 
-def test_lm_strategies_in_eval_report_parse_rate(polyvore, encoder, resolver, artifacts, tmp_path):
-    lm = FanoutLM(DEFAULT_POLICY, artifacts, SMALL)
+def test_lm_strategies_in_eval_report_parse_rate(polyvore, encoder, resolver, policy_artifacts, tmp_path):
+    lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
     chooser = RewardModel(encoder, resolver, RewardConfig(task="oar"))
     cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 50), max_queries=2, vendi_runs=2)
     zero, best = evaluate([fanout_lm_strategy("zero-shot", lm, encoder, resolver, cfg.k),

@@ -1,0 +1,80 @@
+"""Pair synthesis with the real policy LM and retriever, and diffusion training with checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from training.diffusion.model import DiffusionConfig
+from training.diffusion.pairs import SynthConfig, load_pairs, pad_rows, successful, synthesize
+from training.diffusion.train import TrainConfig, load_model, train
+from training.fanout.infer import FanoutLM, SampleConfig
+from training.fanout.policy import DEFAULT_POLICY
+from training.fanout.rewards import RewardConfig, RewardModel
+
+
+def test_padding_resamples_own_rows_never_zeros():
+    rows = np.eye(3, 8, dtype=np.float32)
+    padded = pad_rows(rows, 10, np.random.default_rng(0))
+    assert padded.shape == (10, 8) and np.array_equal(padded[:3], rows)
+    assert all(any(np.array_equal(r, x) for x in rows) for r in padded)  # every row is one of the originals
+    assert pad_rows(np.ones((12, 8)), 10, np.random.default_rng(0)).shape == (10, 8)
+    with pytest.raises(ValueError):
+        pad_rows(np.empty((0, 8)), 10, np.random.default_rng(0))
+
+
+def test_successful_keeps_the_better_half_above_zero():
+    assert successful([0.0, 0.2, 0.4, 0.6]) == [False, False, True, True]
+    assert successful([0.0, 0.0]) == [False, False]  # all failed: the query contributes nothing
+    assert successful([0.3, 0.3, -1.0]) == [True, True, False]
+
+
+def test_synthesis_writes_resumable_shards(polyvore, encoder, resolver, policy_artifacts, tmp_path):
+    lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SampleConfig(dataset="polyvore", max_new_tokens=24))
+    rewards = RewardModel(encoder, resolver, RewardConfig(task="wscr", depth=50))
+    cfg = SynthConfig(samples=2, max_queries=2, shard_size=1)
+    report = synthesize(lm, rewards, polyvore, tmp_path, cfg)
+    assert report["queries"] == 2 and report["shards"] == 2 and report["this_run"]["fanouts"] == 4
+    files = sorted(tmp_path.glob("pairs-*.npz"))
+    assert [f.name for f in files] == ["pairs-00000.npz", "pairs-00001.npz"]
+    query, targets = load_pairs(tmp_path)
+    assert query.shape == (report["pairs_total"], 384) and targets.shape == (report["pairs_total"], 10, 384)
+    if len(targets):
+        assert np.allclose(np.linalg.norm(targets, axis=-1), 1.0, atol=1e-4)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = synthesize(lm, rewards, polyvore, tmp_path, cfg)  # every shard is there: nothing re-sampled
+    assert again["this_run"]["fanouts"] == 0 and [f.stat().st_mtime_ns for f in files] == mtimes
+    assert json.loads((tmp_path / "synth.json").read_text())["pairs_total"] == report["pairs_total"]
+
+
+TINY = DiffusionConfig(dim=16, rows=4, width=32, depth=1, heads=2, cond_tokens=2)
+
+
+def _toy_pairs(n=64, seed=0):
+    g = np.random.default_rng(seed)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return unit(g.normal(size=(n, 16))), unit(g.normal(size=(n, 4, 16)))
+
+
+def test_training_checkpoints_resumes_and_writes_curves(tmp_path):
+    query, targets = _toy_pairs()
+    cfg = TrainConfig(steps=20, batch_size=16, warmup=5, ckpt_every=10, log_every=5)
+    first = train(query, targets, TINY, cfg, tmp_path)
+    assert first["steps"] == 20 and first["pairs_val"] >= 1 and first["parameters"] > 0
+    report = train(query, targets, TINY, replace(cfg, steps=30), tmp_path)  # resumes at 20
+    assert report["steps"] == 30
+    with open(tmp_path / "loss.csv") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [5, 10, 15, 20, 25, 30]
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    model = load_model(tmp_path / "model.pt")
+    out = model(torch.randn(2, 4, 16), torch.ones(2), torch.from_numpy(query[:2]))
+    assert out.shape == (2, 4, 16) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="another config"):
+        train(query, targets, TINY, replace(cfg, lr=1.0), tmp_path)
+    with pytest.raises(ValueError, match="expects"):
+        train(query, targets[:, :3], TINY, cfg, tmp_path / "other")

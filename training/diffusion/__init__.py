@@ -1,0 +1,1 @@
+"""Step (iii): the conditional set-diffusion retriever (EDM, x0-prediction transformer, CFG)."""

@@ -1,0 +1,150 @@
+"""A set denoiser: EDM preconditioning (Karras et al. 2022) around a transformer over the L rows.
+
+D(x; σ, z_q) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ), z_q) predicts the clean set x0.
+F is a transformer: rows attend to each other (the set is generated jointly, with no positional
+embedding, so it is permutation-equivariant), cross-attend to the query tokens, and every block is
+modulated by a learned noise embedding. Classifier-free guidance: the query is replaced by a learned
+null token with probability `cond_drop` in training; sampling mixes both predictions.
+
+Rows live in the encoder's unit-sphere space scaled by sqrt(d), so each coordinate has std ≈ 1
+(`sigma_data` = 1) and the EDM noise schedule applies unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    dim: int = 384  # embedding size d
+    rows: int = 10  # L: fan-out vectors per set
+    width: int = 256  # transformer width
+    depth: int = 4  # blocks
+    heads: int = 4
+    cond_tokens: int = 4  # z_q is projected into this many key/value tokens
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    cond_drop: float = 0.1  # CFG: probability of training without the query
+    sigma_data: float = 1.0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    p_mean: float = -1.2  # log-normal training noise (EDM)
+    p_std: float = 1.2
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Fourier(nn.Module):
+    """Random Fourier features of the scalar noise level (EDM's noise embedding)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(channels // 2) * 16.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, channels)
+        angles = 2 * math.pi * x[:, None] * self.freqs[None]
+        return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class Block(nn.Module):
+    """Self-attention over rows, cross-attention to the query, MLP; adaptive LayerNorm on the noise."""
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        w = cfg.width
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(w, elementwise_affine=False) for _ in range(3))
+        self.self_attn = nn.MultiheadAttention(w, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(w, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        hidden = int(w * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(w, hidden), nn.GELU(), nn.Linear(hidden, w))
+        self.modulation = nn.Linear(w, 6 * w)  # shift/scale for the three norms
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        s1, b1, s2, b2, s3, b3 = self.modulation(emb)[:, None].chunk(6, dim=-1)  # each (B, 1, W)
+        x = self.norm1(h) * (1 + s1) + b1
+        h = h + self.self_attn(x, x, x, need_weights=False)[0]
+        x = self.norm2(h) * (1 + s2) + b2
+        h = h + self.cross_attn(x, cond, cond, need_weights=False)[0]
+        x = self.norm3(h) * (1 + s3) + b3
+        return h + self.mlp(x)
+
+
+class SetDenoiser(nn.Module):
+    """x (B, L, d) noisy rows, sigma (B,), query (B, d) unit vectors, keep (B,) bool -> x0 estimate (B, L, d)."""
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.inp = nn.Linear(cfg.dim, w)
+        self.noise = nn.Sequential(Fourier(w), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.cond = nn.Linear(cfg.dim, cfg.cond_tokens * w)
+        self.null = nn.Parameter(torch.zeros(cfg.cond_tokens, w))  # the dropped-condition token
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.out_norm = nn.LayerNorm(w)
+        self.out = nn.Linear(w, cfg.dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, query: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """F: the network inside the preconditioning."""
+        b = x.shape[0]
+        cond = self.cond(query * math.sqrt(self.cfg.dim)).view(b, self.cfg.cond_tokens, -1)
+        cond = torch.where(keep[:, None, None], cond, self.null.expand(b, -1, -1))
+        emb = self.noise(c_noise)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, cond, emb)
+        return self.out(self.out_norm(h))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, query: torch.Tensor,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        sd = self.cfg.sigma_data
+        s = sigma.reshape(-1, 1, 1).to(x.dtype)
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        c_noise = sigma.log() / 4
+        if keep is None:
+            keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return c_skip * x + c_out * self.raw(c_in * x, c_noise, query, keep)
+
+    def guided(self, x: torch.Tensor, sigma: torch.Tensor, query: torch.Tensor, guidance: float) -> torch.Tensor:
+        """CFG: D_uncond + w·(D_cond - D_uncond), both halves in one batched pass (w = 1: no guidance)."""
+        if guidance == 1.0:
+            return self(x, sigma, query)
+        b = x.shape[0]
+        keep = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(x.device)
+        both = self(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([query, query]), keep)
+        cond, uncond = both[:b], both[b:]
+        return uncond + guidance * (cond - uncond)
+
+
+def edm_loss(model: SetDenoiser, x0: torch.Tensor, query: torch.Tensor, generator: torch.Generator | None = None
+             ) -> torch.Tensor:
+    """EDM training loss on scaled clean sets x0 (B, L, d): weighted x0-prediction MSE.
+
+    Rows are permuted at random (the set has no order), the query is dropped with p = cond_drop.
+    """
+    cfg = model.cfg
+    b, rows, _ = x0.shape
+    perm = torch.argsort(torch.rand(b, rows, generator=generator), dim=1).to(x0.device)
+    x0 = torch.gather(x0, 1, perm[..., None].expand_as(x0))
+    sigma = (torch.randn(b, generator=generator) * cfg.p_std + cfg.p_mean).exp().to(x0.device)
+    keep = (torch.rand(b, generator=generator) >= cfg.cond_drop).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    denoised = model(x0 + sigma[:, None, None] * noise, sigma, query, keep)
+    weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2
+    return (weight[:, None, None] * (denoised - x0) ** 2).mean()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

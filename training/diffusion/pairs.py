@@ -1,0 +1,128 @@
+"""`r4t synth`: objective-consistent (query embedding, L×d target set) pairs from the tuned fan-out LM.
+
+For each train intent the LM samples G fan-outs; each is scored with the training reward through the
+serving retriever. A fan-out is kept when it is successful: its reward is above zero and at least the
+median of its query's G rewards (so every query contributes its better half, and a query whose
+samples all failed contributes nothing). Targets (paper §3):
+- WSCR: the sub-query embeddings (the model learns the search decomposition);
+- OAR: the embeddings of each sub-query's top-1 retrieved item.
+A fan-out with m < L rows is padded to L by resampling its own rows (seeded): never zeros, which the
+model would learn as items. Queries are processed in shards of `shard_size`; each shard is written
+atomically as one .npz, so a rerun skips finished shards and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from service.manifest import write_json_atomic
+from training.data import Dataset
+from training.fanout.infer import FanoutLM
+from training.fanout.rewards import RewardModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    samples: int = 8  # G fan-outs per train intent (paper: 128)
+    rows: int = 10  # L rows per target set
+    max_queries: int = 0  # 0 = every train intent
+    shard_size: int = 64  # intents per shard file
+    seed: int = 0
+
+
+def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """(m, d) -> (length, d): the first `length` rows, topped up by resampling the rows themselves."""
+    if len(rows) == 0:
+        raise ValueError("cannot pad an empty set")
+    if len(rows) >= length:
+        return rows[:length]
+    extra = rng.choice(len(rows), size=length - len(rows), replace=True)
+    return np.concatenate([rows, rows[extra]], axis=0)
+
+
+def successful(totals: list[float]) -> list[bool]:
+    """Kept fan-outs of one query: reward above zero and at least the median of the query's rewards."""
+    median = float(np.median(totals)) if totals else 0.0
+    return [t > 0 and t >= median for t in totals]
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+
+
+def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Path, cfg: SynthConfig) -> dict:
+    """Write pairs-<shard>.npz (query (n, d), targets (n, L, d), reward (n,), set_index (n,)) + synth.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = dataset.split("train")
+    sets = sets[: cfg.max_queries] if cfg.max_queries else sets
+    task = rewards.cfg.task
+    shards = range(0, len(sets), cfg.shard_size)
+    started, stats = time.perf_counter(), {"fanouts": 0, "parsed": 0, "kept": 0, "queries_with_pairs": 0}
+    for shard, lo in enumerate(tqdm(shards, desc=f"synth {dataset.name}", unit="shard")):
+        path = out_dir / f"pairs-{shard:05d}.npz"
+        if path.exists():
+            continue
+        chunk = sets[lo : lo + cfg.shard_size]
+        rng = np.random.default_rng([cfg.seed, shard])
+        groups = lm.sample([s.intent for s in chunk], cfg.samples, seed=cfg.seed * 100_003 + shard)
+        flat = [(j, f) for j, g in enumerate(groups) for f in g]
+        scored = rewards.score([chunk[j].intent for j, _ in flat], [f for _, f in flat],
+                               [chunk[j].item_ids for j, _ in flat])
+        query_vecs = rewards.encoder.encode([s.intent for s in chunk])
+        q_out, t_out, r_out, i_out = [], [], [], []
+        for j in range(len(chunk)):
+            mine = [(f, r) for (jj, f), r in zip(flat, scored) if jj == j]
+            keep = successful([r.total for _, r in mine])
+            kept = [(f, r) for (f, r), k in zip(mine, keep) if k and f.queries]
+            stats["queries_with_pairs"] += bool(kept)
+            for f, r in kept:
+                rows = rewards.encoder.encode(list(f.queries))  # (m, d)
+                if task == "oar":
+                    hits = rewards.resolver.store.search_batch(rows, limit=1)
+                    rows = rewards.resolver.store.fetch_vectors([h[0].id for h in hits if h])
+                q_out.append(query_vecs[j])
+                t_out.append(pad_rows(rows, cfg.rows, rng))
+                r_out.append(r.total)
+                i_out.append(lo + j)
+        stats["fanouts"] += len(flat)
+        stats["parsed"] += sum(f.ok for _, f in flat)
+        stats["kept"] += len(q_out)
+        d = rewards.encoder.dim
+        _save_npz(path, query=np.asarray(q_out, np.float32).reshape(-1, d),
+                  targets=np.asarray(t_out, np.float32).reshape(-1, cfg.rows, d),
+                  reward=np.asarray(r_out, np.float32), set_index=np.asarray(i_out, np.int64))
+    report = {"dataset": dataset.name, "task": task, "policy": lm.name, "queries": len(sets),
+              "samples_per_query": cfg.samples, "shards": len(shards), "seconds_this_run": round(time.perf_counter() - started, 1),
+              "this_run": stats, "pairs_total": sum(len(np.load(p)["reward"]) for p in sorted(out_dir.glob("pairs-*.npz"))),
+              "config": asdict(cfg), "reward": asdict(rewards.cfg)}
+    write_json_atomic(out_dir / "synth.json", report)
+    log.info("synth %s: %d pairs in %s", dataset.name, report["pairs_total"], out_dir)
+    return report
+
+
+def load_pairs(pairs_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All shards -> (query (n, d), targets (n, L, d)) float32."""
+    files = sorted(Path(pairs_dir).glob("pairs-*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no pairs-*.npz under {pairs_dir}; run `r4t synth` first")
+    loaded = [np.load(f) for f in files]
+    return (np.concatenate([x["query"] for x in loaded]), np.concatenate([x["targets"] for x in loaded]))
+
+
+def read_report(pairs_dir: Path) -> dict:
+    return json.loads((Path(pairs_dir) / "synth.json").read_text())
