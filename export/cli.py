@@ -19,11 +19,14 @@ import typer
 app = typer.Typer(help="R4T fan-out retrieval: build, train, evaluate and serve.", no_args_is_help=True)
 encoder_app = typer.Typer(help="The text encoder that defines the embedding space.", no_args_is_help=True)
 app.add_typer(encoder_app, name="encoder")
+diffusion_app = typer.Typer(help="Steps (ii)-(iii): pair synthesis and the set-diffusion retriever.",
+                            no_args_is_help=True)
+app.add_typer(diffusion_app, name="diffusion")
 fanout_app = typer.Typer(help="Step (i): the fan-out LM and its GRPO training.", no_args_is_help=True)
 app.add_typer(fanout_app, name="fanout")
 
 DATASETS = ("polyvore", "mpd")
-STRATEGIES = ("single", "mmr", "neighbours", "zero-shot", "best-of-5", "folm")
+STRATEGIES = ("single", "mmr", "neighbours", "zero-shot", "best-of-5", "folm", "diffusion")
 DEFAULT_POLICY = "smollm2-135m-instruct"  # = training.fanout.policy.DEFAULT_POLICY, without importing torch
 
 
@@ -160,6 +163,9 @@ def evaluate(
     policy: str = typer.Option("", help="Zero-shot / Best-of-5 policy LM; default the shipped SmolLM2"),
     folm: str = typer.Option("", help="RL-tuned policy; default <artifacts>/fanout/<dataset>-wscr/model"),
     vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi of stochastic strategies"),
+    diffusion_model: str = typer.Option("", help="Set denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
+    steps: int = typer.Option(4, help="Sampler steps of the diffusion strategy"),
+    guidance: float = typer.Option(1.0, help="Classifier-free guidance weight of the diffusion strategy"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where the tables go"),
@@ -183,6 +189,13 @@ def evaluate(
         raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
     settings = _settings(dataset, artifacts)
     folm = folm or str(settings.artifacts_dir / "fanout" / f"{dataset}-wscr" / "model")
+    diffusion_model = diffusion_model or str(settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+
+    def load_denoiser(path: str):
+        from training.diffusion.train import load_model
+
+        return load_model(Path(path))
+
     rows = []
     for name in encoders.split(","):
         settings = _settings(dataset, artifacts, name)
@@ -194,14 +207,17 @@ def evaluate(
 
             lm = FanoutLM(model, settings.artifacts_dir, SampleConfig(dataset=dataset, temperature=0.8))
             chooser = RewardModel(enc, res, RewardConfig(task="oar"))
-            return ev.fanout_lm_strategy(label, lm, enc, res, cfg.k, best_of, chooser)
+            return ev.fanout_lm_strategy(label, lm, enc, res, best_of, chooser)
 
         builders = {"single": lambda: ev.single_strategy(enc, res, cfg.k),
                     "mmr": lambda: ev.mmr_strategy(enc, res, cfg.k, cfg.mmr_lambda, cfg.mmr_pool, cfg.mmr_max),
                     "neighbours": lambda: ev.neighbour_sets_strategy(enc, res, ds, cfg.k),
                     "zero-shot": lambda: lm_strategy("zero-shot", policy or DEFAULT_POLICY),
                     "best-of-5": lambda: lm_strategy("Best-of-5", policy or DEFAULT_POLICY, 5),
-                    "folm": lambda: lm_strategy("R4T-FOLM", folm)}
+                    "folm": lambda: lm_strategy("R4T-FOLM", folm),
+                    "diffusion": lambda: ev.diffusion_strategy(f"R4T-Diffusion ({steps} steps)",
+                                                               load_denoiser(diffusion_model), enc, res, steps,
+                                                               guidance)}
         rows += [builders[s]() for s in names]
     ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
     typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
@@ -232,19 +248,11 @@ def fanout_train(
     """GRPO on train-split intents with set-level rewards from the serving retriever (resumable)."""
     _setup()
     _check_dataset(dataset)
-    from service.encoder import OnnxEncoder
-    from service.resolver import Resolver
-    from service.store import EdgeStore
     from training.data import default_data_dir, load_dataset
-    from training.evaluate import DEFAULT_N
     from training.fanout.grpo import RLConfig, train_grpo
-    from training.fanout.rewards import RewardConfig, RewardModel
-    from training.index import SHARD_DIR
 
     settings = _settings(dataset, artifacts, encoder)
-    enc = OnnxEncoder(settings.encoder_path)
-    rewards = RewardModel(enc, Resolver(EdgeStore.open(settings.index_path / SHARD_DIR)),
-                          RewardConfig(task=task, depth=depth or DEFAULT_N[dataset][-1] // 10))
+    rewards = _reward_model(dataset, task, encoder, artifacts, depth)
     cfg = RLConfig(policy=policy, steps=steps, prompts_per_step=prompts_per_step, group=group,
                    micro_batch=micro_batch, lr=lr, beta=beta, temperature=temperature, lora=lora, bf16=bf16,
                    save_steps=save_steps, val_queries=val_queries)
@@ -280,6 +288,76 @@ def fanout_latency(
     path = out / f"fanout_latency_{dataset}.json"
     write_json_atomic(path, report)
     typer.echo(f"{path}: median {report['median_ms']} ms, p95 {report['p95_ms']} ms per query")
+
+
+def _reward_model(dataset: str, task: str, encoder: str | None, artifacts: Path | None, depth: int = 0):
+    from service.encoder import OnnxEncoder
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.evaluate import DEFAULT_N
+    from training.fanout.rewards import RewardConfig, RewardModel
+    from training.index import SHARD_DIR
+
+    settings = _settings(dataset, artifacts, encoder)
+    return RewardModel(OnnxEncoder(settings.encoder_path), Resolver(EdgeStore.open(settings.index_path / SHARD_DIR)),
+                       RewardConfig(task=task, depth=depth or DEFAULT_N[dataset][-1] // 10))
+
+
+@diffusion_app.command("synth")
+def diffusion_synth(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    task: str = typer.Option("wscr", help="wscr: targets are sub-query embeddings | oar: retrieved items"),
+    encoder: Optional[str] = ENCODER_OPT,
+    policy: str = typer.Option("", help="Fan-out LM; default <artifacts>/fanout/<dataset>-<task>/model"),
+    samples: int = typer.Option(8, help="Fan-outs sampled per train intent (G)"),
+    max_queries: int = typer.Option(0, help="Train intents to use (0 = all)"),
+    temperature: float = typer.Option(0.9, help="Sampling temperature (paper: 0.9)"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """Sample, score and keep fan-outs as (query, L×d target set) pairs (sharded, resumable)."""
+    _setup()
+    _check_dataset(dataset)
+    from training.data import default_data_dir, load_dataset
+    from training.diffusion.pairs import SynthConfig, synthesize
+    from training.fanout.infer import FanoutLM, SampleConfig
+
+    settings = _settings(dataset, artifacts, encoder)
+    policy = policy or str(settings.artifacts_dir / "fanout" / f"{dataset}-{task}" / "model")
+    lm = FanoutLM(policy, settings.artifacts_dir, SampleConfig(task=task, dataset=dataset, temperature=temperature))
+    out = settings.artifacts_dir / "pairs" / f"{dataset}-{task}"
+    report = synthesize(lm, _reward_model(dataset, task, encoder, artifacts),
+                        load_dataset(dataset, data_dir or default_data_dir()), out,
+                        SynthConfig(samples=samples, max_queries=max_queries))
+    typer.echo(f"{out}: {report['pairs_total']} pairs from {report['queries']} intents")
+
+
+@diffusion_app.command("train")
+def diffusion_train(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    task: str = typer.Option("wscr", help="Which pairs: <artifacts>/pairs/<dataset>-<task>"),
+    steps: int = typer.Option(20_000, help="Optimizer steps"),
+    batch_size: int = typer.Option(256, help="Pairs per step"),
+    width: int = typer.Option(256, help="Transformer width (the paper's 53.9M model: 768)"),
+    depth: int = typer.Option(4, help="Transformer blocks (paper-sized: 8)"),
+    heads: int = typer.Option(4, help="Attention heads"),
+    lr: float = typer.Option(3e-4, help="AdamW learning rate"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+) -> None:
+    """Train the set denoiser on synthesized pairs (EMA, checkpoints, resume); loss curve beside it."""
+    _setup()
+    _check_dataset(dataset)
+    from training.diffusion.model import DiffusionConfig
+    from training.diffusion.pairs import load_pairs
+    from training.diffusion.train import TrainConfig, train
+
+    settings = _settings(dataset, artifacts)
+    name = f"{dataset}-{task}"
+    query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)
+    model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads)
+    report = train(query, targets, model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=lr),
+                   settings.artifacts_dir / "diffusion" / name)
+    typer.echo(f"{name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
 
 
 @app.command("bench-store")

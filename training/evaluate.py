@@ -13,7 +13,6 @@ on the same queries with the same catalog index, so rows are comparable:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -144,7 +143,7 @@ def neighbour_sets_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: D
     return Strategy("neighbour sets", run, encoder, resolver)
 
 
-def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, k: int, best_of: int = 1,
+def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, best_of: int = 1,
                        rewards=None) -> Strategy:
     """An LM writes sub-queries; each is embedded and searched; the union of their results is fused.
 
@@ -155,6 +154,7 @@ def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, 
     """
     if best_of > 1 and (rewards is None or rewards.cfg.task != "oar"):
         raise ValueError("Best-of-N needs a label-free (task='oar') reward model to choose with")
+
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
         groups = lm.sample(queries, best_of, seed=seed)
         chosen = []
@@ -167,29 +167,46 @@ def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, 
             chosen.append(list(group[0].queries) or [q])
         vectors = encoder.encode([s for subs in chosen for s in subs])
         bounds = np.cumsum([0, *map(len, chosen)])
-        blocks = [vectors[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-        per_vector = max(-(-n // max(len(b), 1)) for b in blocks)
-        out = []
-        for block, hits in zip(blocks, _search_blocks(resolver, blocks, per_vector)):
-            fused = resolver_fuse(hits, n)
-            out.append(Retrieval(vectors=block, nearest=np.array([h[0].score if h else -1.0 for h in hits]),
-                                 items=fused, representatives=list(dict.fromkeys(h[0].id for h in hits if h))))
-        return out
+        return retrieve_blocks(resolver, [vectors[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])], n)
 
     strategy = Strategy(name, run, encoder, resolver, stochastic=True)
     return strategy
 
 
-def _search_blocks(resolver: Resolver, blocks: list[np.ndarray], limit: int) -> list[list]:
-    """One store call for every block's vectors; per block, the hit lists of its vectors."""
-    results = resolver.store.search_batch(np.concatenate(blocks), limit=limit)
+def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolver, steps: int,
+                       guidance: float = 1.0, method: str = "euler") -> Strategy:
+    """R4T-Diffusion: the set denoiser samples L fan-out vectors from the query embedding in one pass."""
+    import torch
+
+    from training.diffusion.sampler import karras_sigmas, sample
+
+    cfg = model.cfg
+    sigmas = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max)
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        noise = torch.randn(len(qv), cfg.rows, cfg.dim, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            fanout = sample(model, torch.from_numpy(qv), noise, sigmas, guidance, method).numpy()
+        return retrieve_blocks(resolver, list(fanout), n)
+
+    return Strategy(name, run, encoder, resolver, stochastic=True)
+
+
+def retrieve_blocks(resolver: Resolver, blocks: list[np.ndarray], n: int) -> list[Retrieval]:
+    """Each query's (m, D) fan-out vectors -> one Retrieval; every block is searched in ONE store call.
+
+    Each vector gets ceil(N / m) results, so a fan-out reaches N items; the union is fused rank-major.
+    """
+    per_vector = max(-(-n // max(len(b), 1)) for b in blocks)
+    results = resolver.store.search_batch(np.concatenate(blocks), limit=per_vector)
     bounds = np.cumsum([0, *map(len, blocks)])
-    return [results[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-
-def resolver_fuse(hits: list, n: int) -> list[str]:
-    """Union fusion (rank-major round robin) of one fan-out's hit lists, first n distinct ids."""
-    return [it.id for it in fuse(hits, "union", n)]
+    out = []
+    for block, lo, hi in zip(blocks, bounds[:-1], bounds[1:]):
+        hits = results[lo:hi]
+        out.append(Retrieval(vectors=block, nearest=np.array([h[0].score if h else -1.0 for h in hits]),
+                             items=[it.id for it in fuse(hits, "union", n)],
+                             representatives=list(dict.fromkeys(h[0].id for h in hits if h))))
+    return out
 
 
 @dataclass

@@ -60,12 +60,12 @@ def test_lm_strategies_in_eval_report_parse_rate(polyvore, encoder, resolver, po
     lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
     chooser = RewardModel(encoder, resolver, RewardConfig(task="oar"))
     cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 50), max_queries=2, vendi_runs=2)
-    zero, best = evaluate([fanout_lm_strategy("zero-shot", lm, encoder, resolver, cfg.k),
-                           fanout_lm_strategy("Best-of-2", lm, encoder, resolver, cfg.k, 2, chooser)],
+    zero, best = evaluate([fanout_lm_strategy("zero-shot", lm, encoder, resolver),
+                           fanout_lm_strategy("Best-of-2", lm, encoder, resolver, 2, chooser)],
                           polyvore, cfg, tmp_path)
     for row in (zero, best):
         assert row.queries == 2 and 0.0 <= row.parse_rate <= 1.0
         assert 0.0 <= row.recall[10] <= row.recall[50] <= 1.0
     assert "| zero-shot |" in (tmp_path / "eval_polyvore.md").read_text()
     with pytest.raises(ValueError, match="label-free"):
-        fanout_lm_strategy("bad", lm, encoder, resolver, 10, 5, RewardModel(encoder, resolver, RewardConfig()))
+        fanout_lm_strategy("bad", lm, encoder, resolver, 5, RewardModel(encoder, resolver, RewardConfig()))

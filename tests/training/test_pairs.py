@@ -78,3 +78,18 @@ def test_training_checkpoints_resumes_and_writes_curves(tmp_path):
         train(query, targets, TINY, replace(cfg, lr=1.0), tmp_path)
     with pytest.raises(ValueError, match="expects"):
         train(query, targets[:, :3], TINY, cfg, tmp_path / "other")
+
+
+def test_diffusion_strategy_runs_in_eval(polyvore, encoder, resolver, tmp_path):
+    from training.diffusion.model import SetDenoiser
+    from training.evaluate import EvalConfig, diffusion_strategy, evaluate
+
+    torch.manual_seed(0)
+    model = SetDenoiser(DiffusionConfig(dim=384, rows=4, width=32, depth=1, heads=2, cond_tokens=1)).eval()
+    cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 40), max_queries=4, vendi_runs=3)
+    strategy = diffusion_strategy("R4T-Diffusion", model, encoder, resolver, steps=2)
+    (row,) = evaluate([strategy], polyvore, cfg, tmp_path)
+    assert row.queries == 4 and 0.0 <= row.recall[10] <= row.recall[40] <= 1.0 and row.parse_rate is None
+    qv = encoder.encode(["office chic"])
+    first, again = strategy.run(["office chic"], qv, 40, 7)[0], strategy.run(["office chic"], qv, 40, 7)[0]
+    assert first.items == again.items and 10 < len(first.items) <= 40 and first.vectors.shape == (4, 384)
