@@ -101,6 +101,8 @@ def encoder_tune(
     max_steps: int = typer.Option(-1, help="Cap on optimizer steps (-1 = epochs decide)"),
     eval_steps: int = typer.Option(100, help="Evaluate on val, checkpoint and maybe stop every N steps"),
     lr: float = typer.Option(5e-5, help="AdamW peak learning rate"),
+    base: str = typer.Option("", help="Start from this sentence-transformers model (e.g. a tuned one, for "
+                                      "another epoch); default all-MiniLM-L6-v2"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -116,9 +118,10 @@ def encoder_tune(
     work = settings.artifacts_dir / "tune" / name
     cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
                      max_steps=max_steps, eval_steps=eval_steps, lr=lr)
-    report = tune_encoder(default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work, cfg)
-    training = {k: report[k] for k in ("dataset", "pairs", "steps", "train_seconds", "val_before", "val_after",
-                                       "config")}
+    report = tune_encoder(base or default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work,
+                          cfg)
+    training = {k: report[k] for k in ("dataset", "base", "pairs", "steps", "train_seconds", "val_before",
+                                       "val_after", "config")}
     _export_encoder(str(work / "model"), name, artifacts, data_dir, training)
     typer.echo(f"tuned {name}: {report['steps']} steps in {report['train_seconds']} s; report {work}/tune_report.json")
 
