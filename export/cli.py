@@ -43,6 +43,12 @@ def _settings(dataset: str | None = None, artifacts: Path | None = None, encoder
     return Settings(**{k: v for k, v in overrides.items() if v})
 
 
+def _start(dataset: str) -> None:
+    """Logging and offline mode, then the dataset name checked: the first lines of a dataset command."""
+    _setup()
+    _check_dataset(dataset)
+
+
 def _check_dataset(dataset: str) -> None:
     if dataset not in DATASETS:
         raise typer.BadParameter(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -107,8 +113,7 @@ def encoder_tune(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Fine-tune the encoder on train-split sets (resumable), then export it like the base one."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from export.encoder import default_encoder_path
     from training.data import default_data_dir, load_dataset
     from training.tune_encoder import TuneConfig, tune_encoder
@@ -136,8 +141,7 @@ def index(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Embed the catalog with an exported encoder and build its index (a no-op when up to date)."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from service.encoder import OnnxEncoder
     from service.settings import BASE_ENCODER
     from training.data import default_data_dir, load_dataset
@@ -174,8 +178,7 @@ def evaluate(
     out: Path = typer.Option(Path("results"), help="Where the tables go"),
 ) -> None:
     """Score strategies on held-out sets; writes results/eval_<dataset>[_<tag>].{md,json}."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
     from service.store import EdgeStore
@@ -249,8 +252,7 @@ def fanout_train(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """GRPO on train-split intents with set-level rewards from the serving retriever (resumable)."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from training.data import default_data_dir, load_dataset
     from training.fanout.grpo import RLConfig, train_grpo
 
@@ -276,8 +278,7 @@ def fanout_latency(
     out: Path = typer.Option(Path("results"), help="Where the report goes"),
 ) -> None:
     """Per-query fan-out latency of a policy LM at batch 1 (median, p95) on this machine."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from training.data import default_data_dir, load_dataset
     from training.fanout.infer import FanoutLM, SampleConfig, latency_report
 
@@ -319,8 +320,7 @@ def diffusion_synth(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Sample, score and keep fan-outs as (query, L×d target set) pairs (sharded, resumable)."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from training.data import default_data_dir, load_dataset
     from training.diffusion.pairs import SynthConfig, synthesize
     from training.fanout.infer import FanoutLM, SampleConfig
@@ -348,8 +348,7 @@ def diffusion_train(
     artifacts: Optional[Path] = ARTIFACTS_OPT,
 ) -> None:
     """Train the set denoiser on synthesized pairs (EMA, checkpoints, resume); loss curve beside it."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from training.diffusion.model import DiffusionConfig
     from training.diffusion.pairs import load_pairs
     from training.diffusion.train import TrainConfig, train
@@ -374,8 +373,7 @@ def bench_store_cmd(
     out: Path = typer.Option(Path("results"), help="Where the report goes"),
 ) -> None:
     """Time one batched 10-vector search on the Edge index; HNSW recall against exact search."""
-    _setup()
-    _check_dataset(dataset)
+    _start(dataset)
     from service.encoder import OnnxEncoder
     from service.store import EdgeStore
     from training.bench_store import BenchStoreConfig, bench_store, write_report

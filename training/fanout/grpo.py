@@ -127,6 +127,17 @@ def write_curves(log_history: list[dict], out_dir: Path) -> None:
     plt.close(fig)
 
 
+def _curves_on_save(out_dir: Path):
+    """A TrainerCallback that rewrites the reward curves at every checkpoint, so a stopped run shows them."""
+    from transformers import TrainerCallback
+
+    class CurvesOnSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            write_curves(state.log_history, out_dir)
+
+    return CurvesOnSave()
+
+
 def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_dir: Path, out_dir: Path) -> dict:
     """Run GRPO; the tuned policy lands in out_dir/model (HF checkpoint), the report in out_dir."""
     from datasets import Dataset as HFDataset
@@ -178,7 +189,8 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=lm.lm, reward_funcs=funcs, args=args, train_dataset=train,
-                          processing_class=lm.tokenizer, peft_config=peft_config)
+                          processing_class=lm.tokenizer, peft_config=peft_config,
+                          callbacks=[_curves_on_save(out_dir)])
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.perf_counter() - started
