@@ -180,6 +180,7 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
         num_generations=cfg.group, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
         beta=cfg.beta, epsilon=cfg.epsilon, reward_weights=weights, use_cpu=True, bf16=cfg.bf16,
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, report_to="none",
+        gradient_checkpointing=False,  # TRL turns it on; a 135M model fits, and recomputation costs CPU time
         disable_tqdm=False, remove_unused_columns=False,
     )
     peft_config = None

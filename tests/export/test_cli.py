@@ -1,0 +1,31 @@
+"""The `r4t` command line: every stage is listed, and bad arguments fail with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from export.cli import app
+
+runner = CliRunner()
+
+
+def test_every_stage_is_a_command():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("encoder", "index", "eval", "fanout", "diffusion", "bench-store", "serve"):
+        assert command in out
+    assert {"train", "latency"} <= set(runner.invoke(app, ["fanout", "--help"]).output.split())
+    assert {"synth", "train"} <= set(runner.invoke(app, ["diffusion", "--help"]).output.split())
+
+
+@pytest.mark.parametrize("args", [["index", "--dataset", "imagenet"], ["fanout", "train", "--dataset", "x"],
+                                  ["diffusion", "synth", "--dataset", "x"]])
+def test_unknown_dataset_is_refused(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and "unknown dataset" in result.output
+
+
+def test_unknown_strategy_is_refused(data_dir):
+    result = runner.invoke(app, ["eval", "--dataset", "polyvore", "--strategies", "single,oracle",
+                                 "--data-dir", str(data_dir)])
+    assert result.exit_code != 0 and "oracle" in result.output
