@@ -362,6 +362,42 @@ def diffusion_train(
     typer.echo(f"{name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
 
 
+@diffusion_app.command("steps")
+def diffusion_steps(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    encoder: Optional[str] = ENCODER_OPT,
+    model: str = typer.Option("", help="Set denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
+    steps: str = typer.Option("1,2,4,8,16,32", help="Comma-separated sampler step counts"),
+    guidance: float = typer.Option(1.0, help="Classifier-free guidance weight"),
+    max_queries: int = typer.Option(0, help="Score at most this many sets per split (0 = all)"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+    out: Path = typer.Option(Path("results"), help="Where the table and plot go"),
+) -> None:
+    """Recall@N and model-only latency (batch 1 and 64) against sampler steps; table, JSON and PNG."""
+    _start(dataset)
+    from service.encoder import OnnxEncoder
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.data import default_data_dir, load_dataset
+    from training.diffusion.quality import steps_sweep, write_sweep
+    from training.diffusion.train import load_model
+    from training.evaluate import EvalConfig
+    from training.index import SHARD_DIR
+
+    settings = _settings(dataset, artifacts, encoder)
+    path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    cfg = EvalConfig(dataset=dataset, max_queries=max_queries)
+    rows = steps_sweep(load_model(path), OnnxEncoder(settings.encoder_path),
+                       Resolver(EdgeStore.open(settings.index_path / SHARD_DIR)),
+                       load_dataset(dataset, data_dir or default_data_dir()), cfg,
+                       tuple(int(x) for x in steps.split(",")), guidance)
+    header = {"dataset": dataset, "encoder": settings.encoder, "model": str(path), "n_values": list(cfg.ns),
+              "guidance": guidance, "command": "r4t " + shlex.join(sys.argv[1:])}
+    write_sweep(rows, header, out, f"diffusion_steps_{dataset}")
+    typer.echo(f"{out}/diffusion_steps_{dataset}.md")
+
+
 @app.command("bench-store")
 def bench_store_cmd(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),

@@ -93,3 +93,17 @@ def test_diffusion_strategy_runs_in_eval(polyvore, encoder, resolver, tmp_path):
     qv = encoder.encode(["office chic"])
     first, again = strategy.run(["office chic"], qv, 40, 7)[0], strategy.run(["office chic"], qv, 40, 7)[0]
     assert first.items == again.items and 10 < len(first.items) <= 40 and first.vectors.shape == (4, 384)
+
+
+def test_steps_sweep_writes_table_plot_and_latency(polyvore, encoder, resolver, tmp_path):
+    from training.diffusion.model import SetDenoiser
+    from training.diffusion.quality import steps_sweep, write_sweep
+    from training.evaluate import EvalConfig
+
+    torch.manual_seed(0)
+    model = SetDenoiser(DiffusionConfig(dim=384, rows=4, width=32, depth=1, heads=2, cond_tokens=1)).eval()
+    cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 40), max_queries=3, vendi_runs=2)
+    rows = steps_sweep(model, encoder, resolver, polyvore, cfg, steps=(1, 2), batches=(1, 4))
+    assert [r["steps"] for r in rows] == [1, 2] and all(r["ms_batch_1"] > 0 and r["ms_batch_4"] > 0 for r in rows)
+    write_sweep(rows, {"dataset": "polyvore", "n_values": [10, 40]}, tmp_path, "steps")
+    assert "| val | 2 |" in (tmp_path / "steps.md").read_text() and (tmp_path / "steps.png").stat().st_size > 0
