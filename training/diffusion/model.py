@@ -28,7 +28,6 @@ class DiffusionConfig:
     heads: int = 4
     cond_tokens: int = 4  # z_q is projected into this many key/value tokens
     mlp_ratio: float = 4.0
-    dropout: float = 0.0
     cond_drop: float = 0.1  # CFG: probability of training without the query
     sigma_data: float = 1.0
     sigma_min: float = 0.002
@@ -52,6 +51,24 @@ class Fourier(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+class Attention(nn.Module):
+    """Multi-head attention on scaled_dot_product_attention: nn.MultiheadAttention's inference fast path
+    (aten::_native_multi_head_attention) has no ONNX export."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be a multiple of heads {heads}")
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # (B, L, W), (B, S, W)
+        b, n, w = x.shape
+        split = lambda t: t.view(b, -1, self.heads, w // self.heads).transpose(1, 2)  # noqa: E731 (B, H, *, W/H)
+        out = nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(context)), split(self.v(context)))
+        return self.o(out.transpose(1, 2).reshape(b, n, w))
+
+
 class Block(nn.Module):
     """Self-attention over rows, cross-attention to the query, MLP; adaptive LayerNorm on the noise."""
 
@@ -59,8 +76,8 @@ class Block(nn.Module):
         super().__init__()
         w = cfg.width
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(w, elementwise_affine=False) for _ in range(3))
-        self.self_attn = nn.MultiheadAttention(w, cfg.heads, dropout=cfg.dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(w, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.self_attn = Attention(w, cfg.heads)
+        self.cross_attn = Attention(w, cfg.heads)
         hidden = int(w * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(w, hidden), nn.GELU(), nn.Linear(hidden, w))
         self.modulation = nn.Linear(w, 6 * w)  # shift/scale for the three norms
@@ -70,9 +87,9 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, cond: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         s1, b1, s2, b2, s3, b3 = self.modulation(emb)[:, None].chunk(6, dim=-1)  # each (B, 1, W)
         x = self.norm1(h) * (1 + s1) + b1
-        h = h + self.self_attn(x, x, x, need_weights=False)[0]
+        h = h + self.self_attn(x, x)
         x = self.norm2(h) * (1 + s2) + b2
-        h = h + self.cross_attn(x, cond, cond, need_weights=False)[0]
+        h = h + self.cross_attn(x, cond)
         x = self.norm3(h) * (1 + s3) + b3
         return h + self.mlp(x)
 
