@@ -26,7 +26,8 @@ def test_prompts_follow_the_paper_per_task_and_domain():
 # --- parser --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [
-    ('<think>plan [a]</think>\n<queries>["red dress", "Red  Dress ", "gold heels"]</queries>', ("red dress", "gold heels")),
+    ('<think>plan [a]</think>\n<queries>["red dress", "Red  Dress ", "gold heels"]</queries>',
+     ("red dress", "gold heels")),
     ('sure! <queries>\n["a", "b",]\n</queries> bye', ("a", "b")),  # trailing comma and stray text
     ('["a", 3, ["b"], "c"]', ("a", "c")),  # no tags; non-strings dropped
     ('<queries>["office chic", "OFFICE   chic", "blazer"]</queries>', ("blazer",)),  # the broad query is dropped
@@ -35,7 +36,8 @@ def test_parser_extracts_distinct_subqueries(text, expected):
     assert parse_fanout(text, "office chic") == Fanout(expected, True)
 
 
-@pytest.mark.parametrize("text", ["", "no list here", '<queries>["unterminated', "{'a': 1}", '{"a": [1]', None, "[" * 5000])
+@pytest.mark.parametrize("text", ["", "no list here", '<queries>["unterminated', "{'a': 1}", '{"a": [1]', None,
+                                 "[" * 5000])
 def test_malformed_output_is_empty_and_flagged_never_raises(text):
     assert parse_fanout(text, "q") == Fanout((), False)
 

@@ -65,7 +65,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # (B, L, W), (B, S, W)
         b, n, w = x.shape
         split = lambda t: t.view(b, -1, self.heads, w // self.heads).transpose(1, 2)  # noqa: E731 (B, H, *, W/H)
-        out = nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(context)), split(self.v(context)))
+        q, k, v = split(self.q(x)), split(self.k(context)), split(self.v(context))
+        out = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, L, W/H)
         return self.o(out.transpose(1, 2).reshape(b, n, w))
 
 

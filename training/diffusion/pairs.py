@@ -107,8 +107,9 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
                   targets=np.asarray(t_out, np.float32).reshape(-1, cfg.rows, d),
                   reward=np.asarray(r_out, np.float32), set_index=np.asarray(i_out, np.int64))
     report = {"dataset": dataset.name, "task": task, "policy": lm.name, "queries": len(sets),
-              "samples_per_query": cfg.samples, "shards": len(shards), "seconds_this_run": round(time.perf_counter() - started, 1),
-              "this_run": stats, "pairs_total": sum(len(np.load(p)["reward"]) for p in sorted(out_dir.glob("pairs-*.npz"))),
+              "samples_per_query": cfg.samples, "shards": len(shards),
+              "seconds_this_run": round(time.perf_counter() - started, 1), "this_run": stats,
+              "pairs_total": sum(len(np.load(p)["reward"]) for p in sorted(out_dir.glob("pairs-*.npz"))),
               "config": asdict(cfg), "reward": asdict(rewards.cfg)}
     write_json_atomic(out_dir / "synth.json", report)
     log.info("synth %s: %d pairs in %s", dataset.name, report["pairs_total"], out_dir)

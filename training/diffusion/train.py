@@ -61,7 +61,8 @@ def train(query: np.ndarray, targets: np.ndarray, model_cfg: DiffusionConfig, cf
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if targets.shape[1:] != (model_cfg.rows, model_cfg.dim) or query.shape[1] != model_cfg.dim:
-        raise ValueError(f"pairs are {query.shape} / {targets.shape}; the model expects d={model_cfg.dim}, L={model_cfg.rows}")
+        raise ValueError(f"pairs are {query.shape} / {targets.shape}; "
+                         f"the model expects d={model_cfg.dim}, L={model_cfg.rows}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(query))
@@ -133,7 +134,8 @@ def train(query: np.ndarray, targets: np.ndarray, model_cfg: DiffusionConfig, cf
     write_loss_curve(history, out_dir)
     report = {"steps": step, "pairs_train": len(train_idx), "pairs_val": len(val_idx),
               "parameters": count_parameters(model), "seconds_this_run": round(seconds, 1),
-              "final": history[-1] if history else None, "model_config": model_cfg.as_dict(), "train_config": asdict(cfg)}
+              "final": history[-1] if history else None, "model_config": model_cfg.as_dict(),
+              "train_config": asdict(cfg)}
     write_json_atomic(out_dir / "train.json", report)
     return report
 
