@@ -398,6 +398,33 @@ def diffusion_steps(
     typer.echo(f"{out}/diffusion_steps_{dataset}.md")
 
 
+@app.command("export")
+def export_graph(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    encoder: Optional[str] = ENCODER_OPT,
+    model: str = typer.Option("", help="Set denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
+    steps: int = typer.Option(4, help="Sampler steps unrolled into the graph"),
+    guidance: float = typer.Option(1.0, help="Classifier-free guidance weight"),
+    method: str = typer.Option("euler", help="euler | heun"),
+    name: str = typer.Option("", help="Artifact name under <artifacts>/graphs; default <dataset>-s<steps>"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """Export encoder + unrolled sampler as one ONNX graph; parity against torch lands in the manifest."""
+    _start(dataset)
+    from export.fanout import FanoutExportConfig, export_fanout
+    from training.data import default_data_dir, load_dataset
+    from training.diffusion.train import load_model
+
+    settings = _settings(dataset, artifacts, encoder)
+    path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")[:64]]
+    out = settings.artifacts_dir / "graphs" / (name or f"{dataset}-s{steps}")
+    manifest = export_fanout(out, settings.encoder_path, load_model(path),
+                             FanoutExportConfig(steps=steps, guidance=guidance, method=method), queries, dataset)
+    typer.echo(f"{out}: parity max|Δ|={manifest.parity.max_abs_error:.2e}, min cos {manifest.parity.min_cosine:.6f}")
+
+
 @app.command("bench-store")
 def bench_store_cmd(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),

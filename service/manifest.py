@@ -47,6 +47,18 @@ class Parity(BaseModel):
     min_cosine: float
 
 
+class FanoutInfo(BaseModel):
+    """The set-diffusion sampler baked into a `fanout` graph after the encoder."""
+
+    rows: int = Field(gt=0, description="L: fan-out vectors per query")
+    steps: int = Field(gt=0, description="Sampler steps unrolled in the graph")
+    sigmas: list[float] = Field(description="The fixed noise levels, sigma_max ... 0")
+    guidance: float = Field(description="Classifier-free guidance weight (1 = none)")
+    sampler: Literal["euler", "heun"] = "euler"
+    dataset: str = Field(description="The catalog whose pairs trained the model")
+    encoder_sha256: str = Field(description="sha256 of the encoder artifact's model.onnx: the index's space")
+
+
 class Manifest(BaseModel):
     """Everything the service must know about an artifact directory, defined once."""
 
@@ -58,13 +70,14 @@ class Manifest(BaseModel):
     outputs: list[str]
     files: dict[str, str] = Field(description="File name -> sha256 of every file in the directory")
     parity: Parity
+    fanout: FanoutInfo | None = Field(None, description="Present when kind == 'fanout'")
     config: dict = Field(default_factory=dict, description="The resolved config that produced it")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     @property
     def encoder_sha256(self) -> str:
         """Identity of the embedding space: an index built with another encoder is a mismatch."""
-        return self.files[MODEL_FILE]
+        return self.fanout.encoder_sha256 if self.fanout else self.files[MODEL_FILE]
 
 
 def sha256_file(path: Path) -> str:

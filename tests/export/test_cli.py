@@ -12,7 +12,7 @@ runner = CliRunner()
 
 def test_every_stage_is_a_command():
     out = runner.invoke(app, ["--help"]).output
-    for command in ("encoder", "index", "eval", "fanout", "diffusion", "bench-store", "serve"):
+    for command in ("encoder", "index", "eval", "fanout", "diffusion", "export", "bench-store", "serve"):
         assert command in out
     assert {"train", "latency"} <= set(runner.invoke(app, ["fanout", "--help"]).output.split())
     assert {"synth", "train", "steps"} <= set(runner.invoke(app, ["diffusion", "--help"]).output.split())

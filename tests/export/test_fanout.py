@@ -1,0 +1,72 @@
+"""The query-to-fanout ONNX graph: parity with torch, dynamic axes, reproducible noise, the manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.fanout import PARITY_TOLERANCE, FanoutExportConfig, export_fanout
+from service.encoder import load_tokenizer
+from service.manifest import load_manifest
+from training.diffusion.model import DiffusionConfig, SetDenoiser
+
+# A tiny denoiser (width 32, one block): the graph's shape is what is under test, not its quality.
+TINY = DiffusionConfig(dim=384, rows=5, width=32, depth=1, heads=2, cond_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    torch.manual_seed(0)
+    model = SetDenoiser(TINY)
+    for p in model.parameters():  # the zero-initialised output head would make the graph trivial
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def artifact(encoder_dir, denoiser, polyvore, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fanout") / "polyvore"
+    queries = [s.intent for s in polyvore.sets[:20]] + ["", "boho summer festival outfit"]
+    manifest = export_fanout(out, encoder_dir, denoiser, FanoutExportConfig(steps=2, guidance=2.0), queries,
+                             "polyvore")
+    return out, manifest
+
+
+def _run(directory, texts, noise):
+    tok = load_tokenizer(directory, 256)
+    enc = tok.encode_batch(texts)
+    ids = np.array([e.ids for e in enc], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input_ids": ids, "attention_mask": mask, "noise": noise})
+
+
+def test_parity_and_manifest(artifact, encoder_dir):
+    out, manifest = artifact
+    assert manifest.parity.max_abs_error <= PARITY_TOLERANCE and manifest.parity.n_inputs == 22
+    loaded = load_manifest(out)  # sha256 of every file verified
+    assert loaded.kind == "fanout" and loaded.inputs == ["input_ids", "attention_mask", "noise"]
+    assert loaded.fanout.rows == 5 and loaded.fanout.steps == 2 and len(loaded.fanout.sigmas) == 3
+    assert loaded.encoder_sha256 == load_manifest(encoder_dir).encoder_sha256  # same space as the index
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_batch_unit_rows_and_seeded_noise(artifact, batch):
+    out, _ = artifact
+    texts = ["office chic", "late night drive", "winter wedding guest"][:batch]
+    noise = np.random.default_rng(7).standard_normal((batch, 5, 384)).astype(np.float32)
+    z, fanout = _run(out, texts, noise)
+    assert z.shape == (batch, 384) and fanout.shape == (batch, 5, 384)
+    assert np.allclose(np.linalg.norm(fanout, axis=-1), 1.0, atol=1e-5)
+    assert np.array_equal(_run(out, texts, noise)[1], fanout)  # the caller's noise decides the output
+    other = _run(out, texts, noise + 1.0)[1]
+    assert not np.allclose(other, fanout)
+
+
+def test_dim_mismatch_is_refused(encoder_dir, tmp_path):
+    small = SetDenoiser(DiffusionConfig(dim=16, rows=2, width=16, depth=1, heads=2, cond_tokens=1))
+    with pytest.raises(ValueError, match="dim"):
+        export_fanout(tmp_path / "x", encoder_dir, small, FanoutExportConfig(), ["q"], "polyvore")
+    assert not (tmp_path / "x").exists()
