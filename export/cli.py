@@ -49,6 +49,16 @@ def _start(dataset: str) -> None:
     _check_dataset(dataset)
 
 
+def _retriever(settings):
+    """(encoder, resolver) of one embedding space: the exported encoder and its Edge index."""
+    from service.encoder import OnnxEncoder
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.index import SHARD_DIR
+
+    return OnnxEncoder(settings.encoder_path), Resolver(EdgeStore.open(settings.index_path / SHARD_DIR))
+
+
 def _check_dataset(dataset: str) -> None:
     if dataset not in DATASETS:
         raise typer.BadParameter(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -179,12 +189,8 @@ def evaluate(
 ) -> None:
     """Score strategies on held-out sets; writes results/eval_<dataset>[_<tag>].{md,json}."""
     _start(dataset)
-    from service.encoder import OnnxEncoder
-    from service.resolver import Resolver
-    from service.store import EdgeStore
     from training import evaluate as ev
     from training.data import default_data_dir, load_dataset
-    from training.index import SHARD_DIR
 
     cfg = ev.EvalConfig(dataset=dataset, splits=tuple(splits.split(",")), max_queries=max_queries,
                         n_values=tuple(int(x) for x in n.split(",") if x), vendi_runs=vendi_runs)
@@ -205,7 +211,7 @@ def evaluate(
     rows = []
     for name in encoders.split(","):
         settings = _settings(dataset, artifacts, name)
-        enc, res = OnnxEncoder(settings.encoder_path), Resolver(EdgeStore.open(settings.index_path / SHARD_DIR))
+        enc, res = _retriever(settings)
 
         def lm_strategy(label: str, model: str, best_of: int = 1):
             from training.fanout.infer import FanoutLM, SampleConfig
@@ -295,15 +301,11 @@ def fanout_latency(
 
 
 def _reward_model(dataset: str, task: str, encoder: str | None, artifacts: Path | None, depth: int = 0):
-    from service.encoder import OnnxEncoder
-    from service.resolver import Resolver
-    from service.store import EdgeStore
     from training.evaluate import DEFAULT_N
     from training.fanout.rewards import RewardConfig, RewardModel
-    from training.index import SHARD_DIR
 
     settings = _settings(dataset, artifacts, encoder)
-    return RewardModel(OnnxEncoder(settings.encoder_path), Resolver(EdgeStore.open(settings.index_path / SHARD_DIR)),
+    return RewardModel(*_retriever(settings),
                        RewardConfig(task=task, depth=depth or DEFAULT_N[dataset][-1] // 10))
 
 
@@ -376,20 +378,15 @@ def diffusion_steps(
 ) -> None:
     """Recall@N and model-only latency (batch 1 and 64) against sampler steps; table, JSON and PNG."""
     _start(dataset)
-    from service.encoder import OnnxEncoder
-    from service.resolver import Resolver
-    from service.store import EdgeStore
     from training.data import default_data_dir, load_dataset
     from training.diffusion.quality import steps_sweep, write_sweep
     from training.diffusion.train import load_model
     from training.evaluate import EvalConfig
-    from training.index import SHARD_DIR
 
     settings = _settings(dataset, artifacts, encoder)
     path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
     cfg = EvalConfig(dataset=dataset, max_queries=max_queries)
-    rows = steps_sweep(load_model(path), OnnxEncoder(settings.encoder_path),
-                       Resolver(EdgeStore.open(settings.index_path / SHARD_DIR)),
+    rows = steps_sweep(load_model(path), *_retriever(settings),
                        load_dataset(dataset, data_dir or default_data_dir()), cfg,
                        tuple(int(x) for x in steps.split(",")), guidance)
     header = {"dataset": dataset, "encoder": settings.encoder, "model": str(path), "n_values": list(cfg.ns),
