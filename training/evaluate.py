@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from service.encoder import OnnxEncoder
 from service.manifest import write_json_atomic, write_text_atomic
-from service.resolver import Resolver, fuse, mmr
+from service.resolver import Resolver, mmr
 from training import metrics
 from training.data import Dataset
 
@@ -193,19 +193,18 @@ def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolve
 
 
 def retrieve_blocks(resolver: Resolver, blocks: list[np.ndarray], n: int) -> list[Retrieval]:
-    """Each query's (m, D) fan-out vectors -> one Retrieval; every block is searched in ONE store call.
+    """Each query's (m, D) fan-out vectors -> one Retrieval, through ONE `resolve_many` call.
 
-    Each vector gets ceil(N / m) results, so a fan-out reaches N items; the union is fused rank-major.
+    Each vector gets ceil(N / m) results, so a fan-out reaches N items; the union is fused rank-major,
+    so every vector's top-1 item (its representative) is among the first m fused items.
     """
     per_vector = max(-(-n // max(len(b), 1)) for b in blocks)
-    results = resolver.store.search_batch(np.concatenate(blocks), limit=per_vector)
-    bounds = np.cumsum([0, *map(len, blocks)])
     out = []
-    for block, lo, hi in zip(blocks, bounds[:-1], bounds[1:]):
-        hits = results[lo:hi]
-        out.append(Retrieval(vectors=block, nearest=np.array([h[0].score if h else -1.0 for h in hits]),
-                             items=[it.id for it in fuse(hits, "union", n)],
-                             representatives=list(dict.fromkeys(h[0].id for h in hits if h))))
+    for block, fused in zip(blocks, resolver.resolve_many(blocks, per_vector, "union", n)):
+        top1 = {p.vector: (it.id, p.score) for it in fused for p in it.found_by if p.rank == 0}
+        out.append(Retrieval(vectors=block, nearest=np.array([top1.get(v, ("", -1.0))[1] for v in range(len(block))]),
+                             items=[it.id for it in fused],
+                             representatives=list(dict.fromkeys(top1[v][0] for v in sorted(top1)))))
     return out
 
 

@@ -84,21 +84,22 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
         scored = rewards.score([chunk[j].intent for j, _ in flat], [f for _, f in flat],
                                [chunk[j].item_ids for j, _ in flat])
         query_vecs = rewards.encoder.encode([s.intent for s in chunk])
-        q_out, t_out, r_out, i_out = [], [], [], []
+        kept = []  # (set index in chunk, fan-out, reward) of the successful fan-outs, in query order
         for j in range(len(chunk)):
             mine = [(f, r) for (jj, f), r in zip(flat, scored) if jj == j]
-            keep = successful([r.total for _, r in mine])
-            kept = [(f, r) for (f, r), k in zip(mine, keep) if k and f.queries]
-            stats["queries_with_pairs"] += bool(kept)
-            for f, r in kept:
-                rows = rewards.encoder.encode(list(f.queries))  # (m, d)
-                if task == "oar":
-                    hits = rewards.resolver.store.search_batch(rows, limit=1)
-                    rows = rewards.resolver.store.fetch_vectors([h[0].id for h in hits if h])
-                q_out.append(query_vecs[j])
-                t_out.append(pad_rows(rows, cfg.rows, rng))
-                r_out.append(r.total)
-                i_out.append(lo + j)
+            chosen = [(j, f, r) for (f, r), k in zip(mine, successful([r.total for _, r in mine])) if k and f.queries]
+            stats["queries_with_pairs"] += bool(chosen)
+            kept += chosen
+        # One encode (and for OAR one search and one fetch) for every kept sub-query of the shard.
+        rows = rewards.encoder.encode([q for _, f, _ in kept for q in f.queries]) if kept else None  # (sum m, d)
+        if kept and task == "oar":
+            hits = rewards.resolver.store.search_batch(rows, limit=1)
+            rows = rewards.resolver.store.fetch_vectors([h[0].id for h in hits])
+        bounds = np.cumsum([0, *(len(f.queries) for _, f, _ in kept)])
+        q_out = [query_vecs[j] for j, _, _ in kept]
+        t_out = [pad_rows(rows[a:b], cfg.rows, rng) for a, b in zip(bounds[:-1], bounds[1:])]
+        r_out = [r.total for _, _, r in kept]
+        i_out = [lo + j for j, _, _ in kept]
         stats["fanouts"] += len(flat)
         stats["parsed"] += sum(f.ok for _, f in flat)
         stats["kept"] += len(q_out)
