@@ -117,6 +117,7 @@ def encoder_tune(
     max_steps: int = typer.Option(-1, help="Cap on optimizer steps (-1 = epochs decide)"),
     eval_steps: int = typer.Option(100, help="Evaluate on val, checkpoint and maybe stop every N steps"),
     lr: float = typer.Option(5e-5, help="AdamW peak learning rate"),
+    seed: int = typer.Option(0, help="Pair sampling seed: give another epoch from --base a new one"),
     base: str = typer.Option("", help="Start from this sentence-transformers model (e.g. a tuned one, for "
                                       "another epoch); default all-MiniLM-L6-v2"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
@@ -132,7 +133,7 @@ def encoder_tune(
     settings = _settings(dataset, artifacts)
     work = settings.artifacts_dir / "tune" / name
     cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
-                     max_steps=max_steps, eval_steps=eval_steps, lr=lr)
+                     max_steps=max_steps, eval_steps=eval_steps, lr=lr, seed=seed)
     report = tune_encoder(base or default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work,
                           cfg)
     training = {k: report[k] for k in ("dataset", "base", "pairs", "steps", "train_seconds", "val_before",

@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import errors
+from service.pipeline import fanout
 from service.runtime import Runtime, load_runtime, search
-from service.schemas import Readiness, SearchRequest, SearchResponse
+from service.schemas import (
+    BatchRequest,
+    BatchResponse,
+    FanoutRequest,
+    FanoutResponse,
+    Readiness,
+    SearchRequest,
+    SearchResponse,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("r4t.access")
 
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timings.items())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,12 +41,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.runtime = load_runtime(settings or Settings())
+        runtime = load_runtime(settings or Settings())
+        runtime.start_batchers()
+        app.state.runtime = runtime
         yield
-        app.state.runtime.store.close()
+        await runtime.close()
 
     app = FastAPI(title="R4T fan-out retrieval", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+
+    @app.middleware("http")
+    async def request_id_and_metrics(request: Request, call_next):
+        """Echo X-Request-ID (or make one), count the request, write one JSON access line."""
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = rid
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid
+        strategy = getattr(request.state, "strategy", "-")
+        rt = getattr(request.app.state, "runtime", None)
+        if rt is not None:
+            if response.status_code == 429:
+                rt.metrics.rejected.labels(strategy).inc()
+            rt.metrics.requests.labels(request.url.path, strategy, str(response.status_code)).inc()
+        access.info("%s %s %d", request.method, request.url.path, response.status_code,
+                    extra={"request_id": rid, "status": response.status_code, "strategy": strategy,
+                           "ms": round(1e3 * (time.perf_counter() - started), 3)})
+        return response
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -46,12 +84,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/info")
     def info(rt: Runtime = Depends(get_runtime)) -> dict:
+        graph = rt.graph
         return {"manifest": rt.encoder.manifest.model_dump(), "provider": rt.encoder.provider,
-                "index": rt.index, "items": rt.store.count(), "dataset": rt.settings.dataset}
+                "graph": graph and {"path": str(graph.directory), "provider": graph.provider,
+                                    "manifest": graph.manifest.model_dump()},
+                "strategies": ["single"] + (["diffusion"] if graph else []) + (["llm"] if rt.llm else []),
+                "llm": rt.llm and rt.llm.name, "index": rt.index, "items": rt.store.count(),
+                "dataset": rt.settings.dataset}
+
+    @app.get("/metrics")
+    def metrics(rt: Runtime = Depends(get_runtime)) -> Response:
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/search", response_model=SearchResponse)
     def search_route(req: SearchRequest, rt: Runtime = Depends(get_runtime)):
-        """Single-query search (the no-fan-out baseline)."""
+        """Single-query search (the no-fan-out baseline), without micro-batching."""
         return search(rt, req)
+
+    @app.post("/fanout", response_model=FanoutResponse, response_model_exclude_none=True)
+    async def fanout_route(req: FanoutRequest, request: Request, response: Response,
+                           rt: Runtime = Depends(get_runtime)):
+        """One broad query -> K fan-out vectors -> one batched store call -> fused items."""
+        request.state.strategy = req.strategy
+        (result,) = await fanout(rt, [req.query], req)
+        response.headers["Server-Timing"] = server_timing(result.timings)
+        return result
+
+    @app.post("/fanout/batch", response_model=BatchResponse, response_model_exclude_none=True)
+    async def fanout_batch(req: BatchRequest, request: Request, response: Response,
+                           rt: Runtime = Depends(get_runtime)):
+        """Many queries through one ONNX run and one store call; query i uses seed + i."""
+        request.state.strategy = req.strategy
+        if len(req.queries) > rt.settings.max_batch_queries:
+            raise errors.InvalidInput("queries", f"at most {rt.settings.max_batch_queries} queries per batch")
+        results = await fanout(rt, req.queries, req, field="queries")
+        timings = results[0].timings
+        response.headers["Server-Timing"] = server_timing(timings)
+        return BatchResponse(results=results, timings=timings)
 
     return app

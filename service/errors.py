@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.batcher import Overloaded
 from service.filters import InvalidFilter
+from service.llm import LLMUnavailable
 from service.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,10 @@ PROBLEM = "application/problem+json"
 class EmptyQuery(ValueError):
     """The query is empty or only whitespace."""
 
+    def __init__(self, message: str, field: str = "query"):
+        super().__init__(message)
+        self.field = field
+
 
 class InvalidInput(ValueError):
     """A field is well-typed but unusable (e.g. a query longer than the token limit)."""
@@ -29,9 +35,9 @@ class InvalidInput(ValueError):
         self.field = field
 
 
-def problem(status: int, title: str, detail: str, **extra) -> JSONResponse:
+def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def validation_error(error: dict) -> dict:
@@ -54,7 +60,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(EmptyQuery)
     async def empty_query(request: Request, exc: EmptyQuery):
-        return problem(400, "Empty query", str(exc), errors=[{"field": "query", "message": str(exc)}])
+        return problem(400, "Empty query", str(exc), errors=[{"field": exc.field, "message": str(exc)}])
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput):
@@ -69,6 +75,15 @@ def install(app: FastAPI) -> None:
     async def store_down(request: Request, exc: StoreUnavailable):
         log.warning("store unavailable: %s", exc)
         return problem(503, "Index unavailable", str(exc) or "the vector store does not answer")
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        return problem(429, "Too many requests", str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(LLMUnavailable)
+    async def llm_down(request: Request, exc: LLMUnavailable):
+        log.warning("llm unavailable: %s", exc)
+        return problem(503, "LLM fan-out unavailable", str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.batcher import MicroBatcher
 from service.encoder import OnnxEncoder
 from service.errors import EmptyQuery, InvalidInput
+from service.graph import FanoutGraph
+from service.llm import FanoutWriter, make_writer
 from service.manifest import ArtifactError
+from service.metrics import Metrics
 from service.resolver import Resolver
 from service.schemas import ResultItem, SearchRequest, SearchResponse
 from service.settings import Settings
@@ -31,7 +36,41 @@ class Runtime:
     store: Store
     resolver: Resolver
     index: dict = field(default_factory=dict)
+    graph: FanoutGraph | None = None
+    llm: FanoutWriter | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     warmed_up: bool = False
+    executor: ThreadPoolExecutor | None = None  # runs the ONNX sessions: bounded, one run per worker
+    llm_pool: ThreadPoolExecutor | None = None
+    encoder_batcher: MicroBatcher | None = None
+    graph_batcher: MicroBatcher | None = None
+
+    def start_batchers(self) -> None:
+        """Micro-batchers over the encoder and the graph, sharing one bounded executor."""
+        s, m = self.settings, self.metrics
+        self.executor = ThreadPoolExecutor(max_workers=s.onnx_workers, thread_name_prefix="onnx")
+        self.llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm")
+
+        def batcher(name, run):
+            m.queue_depth.labels(name).set(0)
+            return MicroBatcher(name, run, self.executor, s.max_batch, s.max_wait_ms / 1e3, s.max_queue,
+                                on_batch=lambda n, sec: m.batch_size.labels(name).observe(n),
+                                on_depth=lambda q: m.queue_depth.labels(name).set(q))
+
+        self.encoder_batcher = batcher("encoder", lambda texts: list(self.encoder.encode(texts)))
+        m.provider.labels("encoder", self.encoder.provider).set(1)
+        if self.graph is not None:
+            self.graph_batcher = batcher("graph", self.graph.run)
+            m.provider.labels("graph", self.graph.provider).set(1)
+
+    async def close(self) -> None:
+        for b in (self.encoder_batcher, self.graph_batcher):
+            if b is not None:
+                await b.close()
+        for pool in (self.executor, self.llm_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
 
 def open_index(settings: Settings) -> tuple[Store, dict]:
@@ -64,37 +103,67 @@ def check_fit(settings: Settings, encoder: OnnxEncoder, store: Store, meta: dict
         )
 
 
+def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
+    """The fan-out graph, checked to share the encoder's space and the served catalog."""
+    path = settings.graph_path
+    if path is None:
+        return None
+    if not path.is_dir():
+        raise ArtifactError(f"no fan-out graph at {path}: run `r4t export --dataset {settings.dataset}` "
+                            "(or R4T_GRAPH=none to serve without the diffusion strategy)")
+    graph = FanoutGraph(path, device=settings.device, threads=settings.onnx_threads)
+    if graph.manifest.encoder_sha256 != encoder.manifest.encoder_sha256:
+        raise ArtifactError(f"fan-out graph {path} was trained in another encoder's space than "
+                            f"{settings.encoder_path}: re-export it with --encoder {settings.encoder}")
+    if graph.info.dataset != settings.dataset:
+        raise ArtifactError(f"fan-out graph {path} was trained on {graph.info.dataset}, not {settings.dataset}")
+    if settings.require_gpu and graph.provider != "CUDAExecutionProvider":
+        raise ArtifactError(f"R4T_REQUIRE_GPU is set but the fan-out graph runs on {graph.provider}")
+    return graph
+
+
 def load_runtime(settings: Settings) -> Runtime:
     encoder = OnnxEncoder(settings.encoder_path, device=settings.device, threads=settings.onnx_threads)
     if settings.require_gpu and encoder.provider != "CUDAExecutionProvider":
         raise ArtifactError(f"R4T_REQUIRE_GPU is set but ONNX Runtime runs on {encoder.provider}")
+    graph = load_graph(settings, encoder)
     store, meta = open_index(settings)
     try:
         check_fit(settings, encoder, store, meta)
     except ArtifactError:
         store.close()  # a refused start must not keep the shard (and its WAL lock) open
         raise
-    runtime = Runtime(settings, encoder, store, Resolver(store), meta)
+    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings))
     search(runtime, SearchRequest(query="warm-up query", limit=1))  # one real pass before ready
+    if graph is not None:
+        runtime.resolver.resolve(graph.run([("warm-up query", 0)])[0].fanout, limit_per_vector=1)
     runtime.warmed_up = True
-    log.info("ready: %d items, encoder %s on %s", store.count(), encoder.manifest.encoder.name, encoder.provider)
+    log.info("ready: %d items, encoder %s on %s, fan-out graph %s, llm %s", store.count(),
+             encoder.manifest.encoder.name, encoder.provider, graph and graph.directory,
+             runtime.llm and runtime.llm.name)
     return runtime
+
+
+def check_query(rt: Runtime, query: str, field: str = "query") -> str:
+    """The stripped query, or a 4xx naming `field`: empty, invalid Unicode, over the token limit."""
+    query = query.strip()
+    if not query:
+        raise EmptyQuery(f"{field} is empty or only whitespace", field)
+    try:
+        query.encode("utf-8")  # JSON may escape a lone surrogate ("\ud800"); the tokenizer raises TypeError
+    except UnicodeEncodeError:
+        raise InvalidInput(field, f"{field} is not valid Unicode (it holds a lone surrogate)") from None
+    if rt.encoder.count_tokens(query) > rt.settings.max_query_tokens:
+        raise InvalidInput(field, f"{field} is longer than {rt.settings.max_query_tokens} tokens")
+    return query
 
 
 def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
     """No fan-out: embed the query, one nearest-neighbour search, items with scores."""
     started = time.perf_counter()
-    query = req.query.strip()
-    if not query:
-        raise EmptyQuery("query is empty or only whitespace")
-    try:
-        query.encode("utf-8")  # JSON may escape a lone surrogate ("\ud800"); the tokenizer raises TypeError
-    except UnicodeEncodeError:
-        raise InvalidInput("query", "query is not valid Unicode (it holds a lone surrogate)") from None
+    query = check_query(rt, req.query)
     if req.limit > rt.settings.max_limit:
         raise InvalidInput("limit", f"limit must be <= {rt.settings.max_limit}")
-    if rt.encoder.count_tokens(query) > rt.settings.max_query_tokens:
-        raise InvalidInput("query", f"query is longer than {rt.settings.max_query_tokens} tokens")
     vector = rt.encoder.encode([query])  # (1, D)
     encoded = time.perf_counter()
     items = rt.resolver.resolve(vector, limit_per_vector=req.limit, filter=req.filter,

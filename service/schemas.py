@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -34,3 +36,77 @@ class SearchResponse(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool]
+
+
+Strategy = Literal["diffusion", "llm", "single"]
+Fusion = Literal["union", "rrf"]
+
+
+class MMRParams(BaseModel):
+    """Re-rank the fused candidates by maximal marginal relevance against the query embedding."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    lambda_: float = Field(0.5, alias="lambda", ge=0, le=1, description="1 = relevance only, 0 = diversity only")
+    candidates: int = Field(100, ge=1, description="Fused items MMR chooses from (at most R4T_MAX_LIMIT)")
+
+
+class FanoutOptions(BaseModel):
+    """What /fanout and /fanout/batch share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, description="Fan-out vectors per query (diffusion: at most the graph's L rows)")
+    limit_per_fanout: int = Field(10, ge=1, description="Hits searched per fan-out vector")
+    limit: int = Field(10, ge=1, description="Items returned after fusion (at most R4T_MAX_LIMIT)")
+    strategy: Strategy = Field("diffusion", description="diffusion (one ONNX pass) | llm (fan-out LM) | "
+                                                        "single (no fan-out)")
+    fusion: Fusion = Field("union", description="union: round robin over the fan-outs' ranks | rrf")
+    mmr: MMRParams | None = None
+    filter: dict | None = Field(None, description="Qdrant payload filter applied to every fan-out search")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Noise / sampling seed; the response "
+                                                                  "echoes the one used")
+    return_vectors: bool = Field(False, description="Include the fan-out vectors in the response")
+
+
+class FanoutRequest(FanoutOptions):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"query": "boho summer festival outfit", "k": 10, "limit": 20, "strategy": "diffusion", "seed": 7},
+            {"query": "late night drive", "strategy": "llm", "fusion": "rrf", "mmr": {"lambda": 0.7}},
+        ]},
+    )
+
+    query: str = Field(description="The broad intent")
+
+
+class BatchRequest(FanoutOptions):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"queries": ["office chic", "beach wedding guest"], "limit": 10}]},
+    )
+
+    queries: list[str] = Field(min_length=1, description="Broad intents; query i uses seed + i")
+
+
+class FanoutItem(ResultItem):
+    found_by: list[tuple[int, int]] = Field(description="[fan-out index, 0-based rank] of every fan-out that "
+                                                        "found the item")
+
+
+class FanoutResponse(BaseModel):
+    query: str
+    strategy: Strategy
+    seed: int
+    items: list[FanoutItem]
+    subqueries: list[str] | None = Field(None, description="The llm strategy's sub-queries")
+    fanouts: list[list[float]] | None = Field(None, description="The fan-out vectors, when return_vectors")
+    timings: dict[str, float] = Field(description="Milliseconds: queue (waiting for an ONNX run), encode, "
+                                                  "sample (diffusion: the one graph run that embeds and "
+                                                  "samples; llm: generation), resolve, total")
+
+
+class BatchResponse(BaseModel):
+    results: list[FanoutResponse]
+    timings: dict[str, float]

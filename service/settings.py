@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     max_query_tokens: int = Field(64, gt=0, description="Longer queries are rejected with 422")
     max_limit: int = Field(1000, gt=0, description="Largest `limit` a request may ask for")
     hnsw_ef: int | None = Field(None, gt=0, description="HNSW ef at search time; unset = store default")
+    graph: str = Field("", description="Fan-out graph under <artifacts>/graphs/; default <dataset>-s4; "
+                                       "'none' serves without the diffusion strategy")
+    graph_dir: Path | None = Field(None, description="Fan-out graph artifact; overrides `graph`")
+    max_k: int = Field(32, gt=0, description="Largest `k` (fan-outs per query) a request may ask for")
+    max_batch: int = Field(64, gt=0, description="Queries per ONNX run when concurrent requests are micro-batched")
+    max_wait_ms: float = Field(2.0, ge=0, description="How long a run waits for more requests to join it")
+    max_queue: int = Field(512, gt=0, description="Queued queries beyond which requests get 429")
+    max_batch_queries: int = Field(1024, gt=0, description="Queries one /fanout/batch request may carry")
+    onnx_workers: int = Field(1, gt=0, description="Threads that run ONNX sessions (the bounded executor)")
+    llm_url: str | None = Field(None, description="OpenAI-compatible endpoint for the llm strategy, e.g. "
+                                                  "http://localhost:8001/v1 (vLLM)")
+    llm_model: str = Field("", description="Model name sent to R4T_LLM_URL")
+    llm_api_key: str | None = None
+    llm_policy: Path | None = Field(None, description="Local fan-out LM checkpoint for the llm strategy "
+                                                      "(needs the [train] extra: torch)")
+    llm_timeout_s: float = Field(30.0, gt=0, description="Deadline of one LLM fan-out call")
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -44,6 +60,15 @@ class Settings(BaseSettings):
     def index_path(self) -> Path:
         """Each (dataset, encoder) pair has its own index: vectors of two encoders never mix."""
         return self.index_dir or self.artifacts_dir / "index" / self.dataset / self.encoder
+
+    @property
+    def graph_path(self) -> Path | None:
+        """The fan-out graph to serve, or None when the diffusion strategy is switched off."""
+        if self.graph_dir:
+            return self.graph_dir
+        if self.graph == "none":
+            return None
+        return self.artifacts_dir / "graphs" / (self.graph or f"{self.dataset}-s4")
 
     @property
     def collection_name(self) -> str:

@@ -21,8 +21,27 @@ def polyvore_index(polyvore, encoder, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(encoder_dir, polyvore_index) -> Settings:
-    return Settings(encoder_dir=encoder_dir, index_dir=polyvore_index, dataset="polyvore")
+def graph_dir(encoder_dir, polyvore, tmp_path_factory) -> Path:
+    """A small real fan-out graph: a randomly initialised tiny denoiser (10 rows) exported with the
+    encoder through `r4t export`'s code path; its quality is not under test, its plumbing is."""
+    import torch
+
+    from export.fanout import FanoutExportConfig, export_fanout
+    from training.diffusion.model import DiffusionConfig, SetDenoiser
+
+    torch.manual_seed(0)
+    denoiser = SetDenoiser(DiffusionConfig(rows=10, width=32, depth=1, heads=2, cond_tokens=2))
+    for p in denoiser.parameters():  # the zero-initialised output head would make every row the same
+        torch.nn.init.normal_(p, std=0.05)
+    out = tmp_path_factory.mktemp("graphs") / "polyvore-s2"
+    export_fanout(out, encoder_dir, denoiser.eval(), FanoutExportConfig(steps=2, guidance=2.0),
+                  [s.intent for s in polyvore.sets[:8]], "polyvore")
+    return out
+
+
+@pytest.fixture(scope="session")
+def settings(encoder_dir, polyvore_index, graph_dir) -> Settings:
+    return Settings(encoder_dir=encoder_dir, index_dir=polyvore_index, graph_dir=graph_dir, dataset="polyvore")
 
 
 @pytest.fixture

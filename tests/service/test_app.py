@@ -244,11 +244,12 @@ def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, deadline_s: fl
     pytest.fail(f"uvicorn was not ready within {deadline_s} s:\n{log_path.read_text(errors='replace')}")
 
 
-def test_real_uvicorn_process_serves_search(encoder_dir, index_copy, tmp_path):
+def test_real_uvicorn_process_serves_search_and_fanout(encoder_dir, graph_dir, index_copy, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("R4T_")}
     env |= {
         "R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
+        "R4T_GRAPH_DIR": str(graph_dir),
         "R4T_ONNX_THREADS": "1",  # a small CI box; one thread is plenty for a handful of queries
         "HF_HUB_OFFLINE": "1",
     }
@@ -263,6 +264,11 @@ def test_real_uvicorn_process_serves_search(encoder_dir, index_copy, tmp_path):
             response = httpx.post(f"{base}/search", json={"query": "red summer dress", "limit": 3}, timeout=30)
             assert response.status_code == 200, response.text
             assert len(response.json()["items"]) == 3
+            body = {"query": "red summer dress", "limit": 5, "seed": 3}
+            first, second = (httpx.post(f"{base}/fanout", json=body, timeout=30) for _ in range(2))
+            assert first.status_code == 200, first.text
+            assert [it["id"] for it in first.json()["items"]] == [it["id"] for it in second.json()["items"]]
+            assert len(first.json()["items"]) == 5 and "sample;dur=" in first.headers["server-timing"]
         finally:
             proc.terminate()
             try:

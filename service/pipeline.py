@@ -1,0 +1,96 @@
+"""/fanout: queries -> K vectors per query (diffusion, llm or single) -> one batched store call -> items.
+
+`diffusion` runs the exported graph once for all queries of a micro-batch; `single` embeds the query
+(the no-fan-out baseline); `llm` asks the fan-out LM for sub-queries and embeds them. Every strategy
+resolves all of its vectors in ONE `Resolver.resolve_many` call, then MMR re-ranks when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from service.errors import InvalidInput
+from service.resolver import mmr
+from service.runtime import Runtime, check_query
+from service.schemas import FanoutItem, FanoutOptions, FanoutResponse
+
+
+def check_options(rt: Runtime, opts: FanoutOptions) -> None:
+    """Limits that depend on the settings and the artifact (the schema checks the static ones)."""
+    s = rt.settings
+    for field, value in (("limit", opts.limit), ("limit_per_fanout", opts.limit_per_fanout)):
+        if value > s.max_limit:
+            raise InvalidInput(field, f"{field} must be <= {s.max_limit}")
+    if opts.mmr and opts.mmr.candidates > s.max_limit:
+        raise InvalidInput("mmr.candidates", f"mmr.candidates must be <= {s.max_limit}")
+    if opts.k > s.max_k:
+        raise InvalidInput("k", f"k must be <= {s.max_k}")
+    if opts.strategy == "diffusion":
+        if rt.graph is None:
+            raise InvalidInput("strategy", "the diffusion strategy is off on this server (no fan-out graph: "
+                                           "set R4T_GRAPH)")
+        if opts.k > rt.graph.rows:
+            raise InvalidInput("k", f"k must be <= {rt.graph.rows}, the fan-out graph's rows")
+    if opts.strategy == "llm" and rt.llm is None:
+        raise InvalidInput("strategy", "the llm strategy is off on this server (set R4T_LLM_URL or R4T_LLM_POLICY)")
+
+
+async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: list[int], timings: dict):
+    """(query embeddings (N, d), fan-out blocks [(K_i, d)], sub-queries or None)."""
+    if opts.strategy == "diffusion":
+        outs, waited, ran = await rt.graph_batcher.submit(list(zip(queries, seeds)))
+        timings.update(queue=waited, sample=ran)
+        return np.stack([o.query_embedding for o in outs]), [o.fanout[: opts.k] for o in outs], None
+    if opts.strategy == "single":
+        vecs, waited, ran = await rt.encoder_batcher.submit(queries)
+        timings.update(queue=waited, encode=ran)
+        return np.stack(vecs), [v[None] for v in vecs], None
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    subqueries = await loop.run_in_executor(rt.llm_pool, rt.llm.write, queries, opts.k, seeds[0])
+    timings["sample"] = time.perf_counter() - started
+    texts = queries + [q for subs in subqueries for q in subs]
+    vecs, waited, ran = await rt.encoder_batcher.submit(texts)
+    timings.update(queue=waited, encode=ran)
+    bounds = np.cumsum([len(queries)] + [len(subs) for subs in subqueries])
+    blocks = [np.stack(vecs[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return np.stack(vecs[: len(queries)]), blocks, subqueries
+
+
+async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: str = "query") -> list[FanoutResponse]:
+    """The whole online path for one or many queries; query i of a batch uses seed + i."""
+    started = time.perf_counter()
+    queries = [check_query(rt, q, field if field == "query" else f"{field}.{i}") for i, q in enumerate(queries)]
+    check_options(rt, opts)
+    seed = opts.seed if opts.seed is not None else secrets.randbits(31)
+    seeds = [seed + i for i in range(len(queries))]
+    timings: dict[str, float] = {}
+    z, blocks, subqueries = await _vectors(rt, queries, opts, seeds, timings)
+    resolve_started = time.perf_counter()
+    depth = opts.mmr.candidates if opts.mmr else opts.limit
+    fused = await run_in_threadpool(
+        rt.resolver.resolve_many, blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
+        opts.mmr is not None, hnsw_ef=rt.settings.hnsw_ef,
+    )
+    if opts.mmr:
+        fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]
+    timings["resolve"] = time.perf_counter() - resolve_started
+    timings["total"] = time.perf_counter() - started
+    ms = {k: round(1e3 * v, 3) for k, v in timings.items()}
+    rt.metrics.observe_stages(opts.strategy, ms)
+    return [
+        FanoutResponse(
+            query=q, strategy=opts.strategy, seed=seeds[i],
+            items=[FanoutItem(id=it.id, text=it.text, payload=it.payload, score=it.score,
+                              found_by=[(p.vector, p.rank) for p in it.found_by]) for it in fused[i]],
+            subqueries=subqueries[i] if subqueries else None,
+            fanouts=blocks[i].tolist() if opts.return_vectors else None,
+            timings=ms,
+        )
+        for i, q in enumerate(queries)
+    ]

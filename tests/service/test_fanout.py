@@ -1,0 +1,320 @@
+"""POST /fanout and /fanout/batch on a real Edge index and a real (tiny) exported fan-out graph."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.batcher import MicroBatcher, Overloaded
+from service.manifest import ArtifactError
+from tests.service.test_app import BAD_REQUESTS, LONG_QUERY, assert_problem
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def post(client, **body):
+    response = client.post("/fanout", json={"query": "boho summer festival outfit", **body})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def ids(body: dict) -> list[str]:
+    return [it["id"] for it in body["items"]]
+
+
+def metric(client, name: str, **labels) -> float:
+    """The value of one sample of /metrics (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{") or line.startswith(f"{name} "):
+            sample, value = line.rsplit(" ", 1)
+            got = ",".join(sorted(sample[sample.index("{") + 1 : -1].split(","))) if "{" in sample else ""
+            if got == want:
+                return float(value)
+    return 0.0
+
+
+# --- strategies, fusion, MMR, filter, seeds ----------------------------------------------------------
+
+
+def test_diffusion_returns_fused_items_with_provenance_and_timings(client):
+    response = post(client, k=6, limit=12, limit_per_fanout=5, seed=1)
+    body = response.json()
+    assert body["strategy"] == "diffusion" and body["seed"] == 1
+    assert len(body["items"]) == 12 and len(set(ids(body))) == 12
+    found = [tuple(p) for it in body["items"] for p in it["found_by"]]
+    assert {v for v, _ in found} <= set(range(6)) and all(0 <= r < 5 for _, r in found)
+    assert len({v for v, _ in found}) > 1  # the fan-out spreads over several vectors
+    assert set(body["timings"]) == {"queue", "sample", "resolve", "total"}
+    assert response.headers["server-timing"].startswith("queue;dur=")
+    assert "fanouts" not in body and "subqueries" not in body
+
+
+def test_single_is_the_query_embedding_search(client):
+    body = post(client, strategy="single", limit=7).json()
+    search = client.post("/search", json={"query": "boho summer festival outfit", "limit": 7}).json()
+    assert ids(body) == ids(search)
+    assert all(it["found_by"] == [[0, rank]] for rank, it in enumerate(body["items"]))
+    assert set(body["timings"]) == {"queue", "encode", "resolve", "total"}
+
+
+def test_rrf_orders_by_fused_score_and_union_by_round_robin(client):
+    union = post(client, seed=2, limit=20, limit_per_fanout=8).json()
+    rrf = post(client, seed=2, limit=20, limit_per_fanout=8, fusion="rrf").json()
+    scores = [it["score"] for it in rrf["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(min(r for _, r in it["found_by"]) == 0 for it in union["items"][:3])  # top-1s come first
+    assert ids(union) != ids(rrf)
+
+
+def test_mmr_reranks_the_candidates(client):
+    plain = post(client, seed=4, limit=10, limit_per_fanout=20, k=4).json()
+    diverse = post(client, seed=4, limit=10, limit_per_fanout=20, k=4, mmr={"lambda": 0.3, "candidates": 60}).json()
+    assert len(diverse["items"]) == 10 and len(set(ids(diverse))) == 10
+    assert ids(plain) != ids(diverse)
+
+
+def test_filter_applies_to_every_fanout(client, polyvore):
+    category = Counter(it.payload["category"] for it in polyvore.items.values()).most_common(1)[0][0]
+    flt = {"must": [{"key": "category", "match": {"value": category}}]}
+    body = post(client, limit=8, filter=flt).json()
+    assert body["items"] and {it["payload"]["category"] for it in body["items"]} == {category}
+
+
+def test_seed_reproduces_the_fanout_and_another_seed_changes_it(client):
+    a, b = (post(client, seed=11, return_vectors=True).json() for _ in range(2))
+    c = post(client, seed=12, return_vectors=True).json()
+    va, vb, vc = (np.array(x["fanouts"]) for x in (a, b, c))
+    assert va.shape == (10, 384) and np.allclose(np.linalg.norm(va, axis=1), 1, atol=1e-4)
+    assert np.allclose(va, vb, atol=1e-5) and ids(a) == ids(b)
+    assert not np.allclose(va, vc, atol=1e-3)
+
+
+def test_batch_is_one_onnx_run_and_query_i_uses_seed_plus_i(client):
+    queries = ["office chic", "beach wedding guest", "rainy day in the city"]
+    runs, queries_run = (metric(client, f"r4t_batch_size_{s}", model="graph") for s in ("count", "sum"))
+    response = client.post("/fanout/batch", json={"queries": queries, "seed": 20, "return_vectors": True})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["query"] for r in results] == queries and [r["seed"] for r in results] == [20, 21, 22]
+    assert metric(client, "r4t_batch_size_count", model="graph") == runs + 1
+    assert metric(client, "r4t_batch_size_sum", model="graph") == queries_run + 3
+    alone = client.post("/fanout", json={"query": queries[1], "seed": 21, "return_vectors": True}).json()
+    assert np.allclose(alone["fanouts"], results[1]["fanouts"], atol=1e-5)  # the batch does not change it
+    assert ids(alone) == ids(results[1])
+
+
+def test_concurrent_requests_share_onnx_runs(client):
+    rt = client.app.state.runtime
+    runs = metric(client, "r4t_batch_size_count", model="graph")
+    gate = threading.Event()
+    rt.executor.submit(gate.wait)  # hold the one ONNX worker so that the requests queue up
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client.post, "/fanout", json={"query": f"summer look {i}", "seed": i})
+                   for i in range(8)]
+        deadline = time.time() + 10
+        while rt.graph_batcher.in_flight < 8 and time.time() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * 8
+    assert metric(client, "r4t_batch_size_count", model="graph") - runs <= 2  # 8 requests, at most 2 runs
+
+
+def test_full_queue_answers_429_with_retry_after(settings, index_copy):
+    tight = settings.model_copy(update={"index_dir": index_copy, "max_queue": 2})
+    with TestClient(create_app(tight)) as client:
+        rt = client.app.state.runtime
+        gate = threading.Event()
+        rt.executor.submit(gate.wait)
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(client.post, "/fanout", json={"query": f"boots {i}"}) for i in range(6)]
+            deadline = time.time() + 10
+            # At most 2 are taken into the held run and 2 more queue: at least 2 of 6 are refused.
+            while metric(client, "r4t_rejected_total", strategy="diffusion") < 2 and time.time() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            responses = [f.result() for f in futures]
+        rejected = [r for r in responses if r.status_code == 429]
+        assert len(rejected) >= 2 and all(r.status_code in (200, 429) for r in responses)
+        assert rejected[0].headers["retry-after"] == "1"
+        assert_problem(rejected[0], 429)
+
+
+# --- ops ---------------------------------------------------------------------------------------------
+
+
+def test_request_id_is_echoed_or_made(client):
+    assert post(client, strategy="single").headers["x-request-id"]
+    response = client.post("/fanout", json={"query": "boots", "strategy": "single"}, headers={"X-Request-ID": "abc"})
+    assert response.headers["x-request-id"] == "abc"
+
+
+def test_metrics_count_requests_by_strategy_and_status(client):
+    before = metric(client, "r4t_requests_total", route="/fanout", strategy="single", status="200")
+    post(client, strategy="single")
+    assert metric(client, "r4t_requests_total", route="/fanout", strategy="single", status="200") == before + 1
+    text = client.get("/metrics").text
+    for name in ("r4t_stage_seconds_bucket", "r4t_queue_depth", 'r4t_provider{model="graph",provider='
+                 '"CPUExecutionProvider"} 1.0'):
+        assert name in text
+
+
+def test_info_lists_strategies_and_the_graph(client):
+    body = client.get("/info").json()
+    assert body["strategies"] == ["single", "diffusion"] and body["llm"] is None
+    assert body["graph"]["provider"] == "CPUExecutionProvider"
+    assert body["graph"]["manifest"]["fanout"]["rows"] == 10
+
+
+def test_openapi_documents_fanout_with_examples(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/fanout", "/fanout/batch", "/metrics"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["FanoutRequest"]["examples"]
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+FANOUT_BAD = {
+    "k 0": ({"k": 0}, 422, "k"),
+    "k above the graph's rows": ({"k": 11}, 422, "k"),
+    "k above max_k": ({"k": 33, "strategy": "single"}, 422, "k"),
+    "limit_per_fanout 0": ({"limit_per_fanout": 0}, 422, "limit_per_fanout"),
+    "limit_per_fanout above max_limit": ({"limit_per_fanout": 1001}, 422, "limit_per_fanout"),
+    "unknown strategy": ({"strategy": "magic"}, 422, "strategy"),
+    "llm not configured": ({"strategy": "llm"}, 422, "strategy"),
+    "unknown fusion": ({"fusion": "max"}, 422, "fusion"),
+    "mmr lambda above 1": ({"mmr": {"lambda": 2}}, 422, "mmr.lambda"),
+    "mmr candidates above max_limit": ({"mmr": {"candidates": 5000}}, 422, "mmr.candidates"),
+    "negative seed": ({"seed": -1}, 422, "seed"),
+    "seed as a string": ({"seed": "abc"}, 422, "seed"),
+    "return_vectors not a bool": ({"return_vectors": "maybe"}, 422, "return_vectors"),
+}
+
+
+@pytest.mark.parametrize("extra, status, field", FANOUT_BAD.values(), ids=FANOUT_BAD.keys())
+def test_bad_fanout_option_is_a_problem_naming_the_field(client, extra, status, field):
+    assert_problem(client.post("/fanout", json={"query": "boots", **extra}), status, field)
+
+
+@pytest.mark.parametrize("payload, status, field", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_query_limit_or_filter_is_a_problem(client, payload, status, field):
+    assert_problem(client.post("/fanout", json=payload), status, field)
+
+
+def test_invalid_utf8_is_a_problem(client):
+    response = client.post("/fanout", content=b'{"query": "\xff\xfe boots"}', headers={"content-type": "application/json"})
+    assert_problem(response, 400)
+
+
+BATCH_BAD = {
+    "no queries": ({"queries": []}, 422, "queries"),
+    "an empty query": ({"queries": ["boots", " "]}, 400, "queries.1"),
+    "a long query": ({"queries": [LONG_QUERY]}, 422, "queries.0"),
+    "not a list": ({"queries": "boots"}, 422, "queries"),
+    "too many": ({"queries": ["boots"] * 1025}, 422, "queries"),
+}
+
+
+@pytest.mark.parametrize("payload, status, field", BATCH_BAD.values(), ids=BATCH_BAD.keys())
+def test_bad_batch_is_a_problem_naming_the_field(client, payload, status, field):
+    assert_problem(client.post("/fanout/batch", json=payload), status, field)
+
+
+def test_closed_store_gives_503_on_fanout(settings, index_copy):
+    with TestClient(create_app(settings.model_copy(update={"index_dir": index_copy}))) as client:
+        client.app.state.runtime.store.close()
+        assert_problem(client.post("/fanout", json={"query": "boots"}), 503)
+        assert client.get("/readyz").status_code == 503
+
+
+# --- start-up: the graph must fit --------------------------------------------------------------------
+
+
+def test_missing_graph_refuses_to_start_with_one_line(settings, tmp_path):
+    with pytest.raises(ArtifactError, match="r4t export") as err:
+        with TestClient(create_app(settings.model_copy(update={"graph_dir": tmp_path / "none"}))):
+            pass
+    assert "\n" not in str(err.value)
+
+
+def test_graph_of_another_catalog_refuses_to_start(settings, graph_dir, tmp_path):
+    import json
+    import shutil
+
+    from service.manifest import MANIFEST_FILE
+
+    other = tmp_path / "graph"
+    shutil.copytree(graph_dir, other)
+    manifest = json.loads((other / MANIFEST_FILE).read_text())
+    manifest["fanout"]["dataset"] = "mpd"
+    (other / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="trained on mpd"):
+        with TestClient(create_app(settings.model_copy(update={"graph_dir": other}))):
+            pass
+
+
+def test_graph_none_serves_without_diffusion(settings, index_copy):
+    plain = settings.model_copy(update={"index_dir": index_copy, "graph_dir": None, "graph": "none"})
+    with TestClient(create_app(plain)) as client:
+        assert client.get("/info").json()["strategies"] == ["single"]
+        assert_problem(client.post("/fanout", json={"query": "boots"}), 422, "strategy")
+        assert client.post("/fanout", json={"query": "boots", "strategy": "single"}).status_code == 200
+
+
+# --- the micro-batcher on its own --------------------------------------------------------------------
+
+
+def test_batcher_batches_concurrent_submits_and_maps_outputs_back():
+    calls = []
+
+    def run(batch):
+        calls.append(list(batch))
+        time.sleep(0.05)
+        return [x * 10 for x in batch]
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher("t", run, pool, max_batch=16, max_wait_s=0.01)
+            outs = await asyncio.gather(*(batcher.submit([i, i + 100]) for i in range(5)))
+            await batcher.close()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [o[0] for o in outs] == [[i * 10, (i + 100) * 10] for i in range(5)]
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(x for i in range(5) for x in (i, i + 100))
+
+
+def test_batcher_refuses_beyond_its_queue_and_survives_a_failing_run():
+    def run(batch):
+        if "bad" in batch:
+            raise ValueError("boom")
+        time.sleep(0.05)
+        return batch
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher("t", run, pool, max_batch=2, max_wait_s=0, max_queue=2)
+            results = await asyncio.gather(*(batcher.submit([f"q{i}"]) for i in range(6)), return_exceptions=True)
+            with pytest.raises(ValueError, match="boom"):
+                await batcher.submit(["bad"])
+            after = await batcher.submit(["ok"])
+            await batcher.close()
+        return results, after
+
+    results, after = asyncio.run(main())
+    assert any(isinstance(r, Overloaded) for r in results)
+    assert any(not isinstance(r, Exception) for r in results)
+    assert after[0] == ["ok"]
