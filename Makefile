@@ -8,7 +8,10 @@ export HF_HUB_OFFLINE := 1
 # Use the shared copy of the data where it exists (../shared/data), else ./data.
 export R4T_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(abspath data))
 
-.PHONY: install serve index test clean
+GRAPH := artifacts/graphs/$(DATASET)-s4
+QUICK := quick-$(DATASET)
+
+.PHONY: install serve index graph test clean
 
 $(BIN)/r4t: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +28,19 @@ install: $(BIN)/r4t
 index: install
 	$(BIN)/r4t index --dataset $(DATASET)
 
-serve: index
+# No fan-out graph yet: build a small one quickly (~6 min on 2 cores): zero-shot SmolLM2 fan-outs of
+# 64 train intents, a small denoiser, 4 unrolled steps. The README has the full pipeline, whose
+# `r4t export` replaces it.
+$(GRAPH):
+	$(MAKE) index
+	$(BIN)/r4t diffusion synth --dataset $(DATASET) --policy smollm2-135m-instruct --max-queries 64 --samples 4 \
+		--name $(QUICK)
+	$(BIN)/r4t diffusion train --dataset $(DATASET) --name $(QUICK) --steps 2000 --batch-size 64 --width 128 --depth 2
+	$(BIN)/r4t export --dataset $(DATASET) --model artifacts/diffusion/$(QUICK)/model.pt
+
+graph: install $(GRAPH)
+
+serve: index graph
 	R4T_DATASET=$(DATASET) $(BIN)/r4t serve
 
 test: install

@@ -319,6 +319,7 @@ def diffusion_synth(
     samples: int = typer.Option(8, help="Fan-outs sampled per train intent (G)"),
     max_queries: int = typer.Option(0, help="Train intents to use (0 = all)"),
     temperature: float = typer.Option(0.9, help="Sampling temperature (paper: 0.9)"),
+    name: str = typer.Option("", help="Pairs directory under <artifacts>/pairs; default <dataset>-<task>"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -331,7 +332,7 @@ def diffusion_synth(
     settings = _settings(dataset, artifacts, encoder)
     policy = policy or str(settings.artifacts_dir / "fanout" / f"{dataset}-{task}" / "model")
     lm = FanoutLM(policy, settings.artifacts_dir, SampleConfig(task=task, dataset=dataset, temperature=temperature))
-    out = settings.artifacts_dir / "pairs" / f"{dataset}-{task}"
+    out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-{task}")
     report = synthesize(lm, _reward_model(dataset, task, encoder, artifacts),
                         load_dataset(dataset, data_dir or default_data_dir()), out,
                         SynthConfig(samples=samples, max_queries=max_queries))
@@ -348,6 +349,8 @@ def diffusion_train(
     depth: int = typer.Option(4, help="Transformer blocks (paper-sized: 8)"),
     heads: int = typer.Option(4, help="Attention heads"),
     lr: float = typer.Option(3e-4, help="AdamW learning rate"),
+    name: str = typer.Option("", help="Pairs under <artifacts>/pairs and model under <artifacts>/diffusion; "
+                                      "default <dataset>-<task>"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
 ) -> None:
     """Train the set denoiser on synthesized pairs (EMA, checkpoints, resume); loss curve beside it."""
@@ -357,7 +360,7 @@ def diffusion_train(
     from training.diffusion.train import TrainConfig, train
 
     settings = _settings(dataset, artifacts)
-    name = f"{dataset}-{task}"
+    name = name or f"{dataset}-{task}"
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)
     model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads)
     report = train(query, targets, model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=lr),
@@ -457,15 +460,20 @@ def serve(
     encoder: Optional[str] = ENCODER_OPT,
     host: Optional[str] = typer.Option(None, help="Bind address (R4T_HOST)"),
     port: Optional[int] = typer.Option(None, help="Port (R4T_PORT)"),
+    graph: Optional[str] = typer.Option(None, help="Fan-out graph under <artifacts>/graphs (R4T_GRAPH); "
+                                                   "'none' serves without the diffusion strategy"),
 ) -> None:
-    """Start the HTTP service on the embedded Qdrant Edge index (or R4T_QDRANT_URL)."""
+    """Start the HTTP service (JSON logs) on the embedded Qdrant Edge index (or R4T_QDRANT_URL)."""
     _setup()
     import uvicorn
 
     if dataset:
         _check_dataset(dataset)
     # The app factory reads its Settings from the environment.
-    os.environ.update({k: v for k, v in {"R4T_DATASET": dataset, "R4T_ENCODER": encoder}.items() if v})
+    os.environ.update({k: v for k, v in {"R4T_DATASET": dataset, "R4T_ENCODER": encoder, "R4T_GRAPH": graph}.items()
+                       if v})
     settings = _settings(dataset, encoder=encoder)
+    from service.logs import log_config
+
     uvicorn.run("service.app:create_app", factory=True, host=host or settings.host,
-                port=port or settings.port, log_level="info")
+                port=port or settings.port, log_config=log_config())
