@@ -1,15 +1,18 @@
-"""Latency benchmark of the running service over loopback: strategies side by side, same index.
+"""Benchmarks of the service over loopback: strategies side by side against the same index.
 
-    python -m loadtests.bench --dataset mpd --strategies single,diffusion,llm --requests 500
+    python -m loadtests.bench latency --dataset mpd --strategies single,diffusion,llm --requests 500
+    python -m loadtests.bench load --dataset mpd --strategies diffusion,single --rates 50,100,200
 
-Starts `uvicorn service.app:create_app` on a free loopback port (or uses `--url`), sends real val/test
-intents to `/fanout` one strategy after another (closed loop at `--concurrency`), records the client
-latency and the service's own stage times from `Server-Timing`, then times `/fanout/batch` over
-batch sizes. Writes `<out>.json`, `<out>.md` and `<out>.png` (latency CDF; batch sweep).
+Both start `uvicorn service.app:create_app` on a free loopback port (or use `--url`) and send real
+val/test intents. `latency` sends them to `/fanout` one strategy after another (closed loop at
+`--concurrency`), records the client latency and the service's own stage times from `Server-Timing`,
+then times `/fanout/batch` over batch sizes. `load` drives locust (loadtests/locustfile.py) at fixed
+arrival rates per strategy. Each writes `<out>.json`, `<out>.md` and `<out>.png`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -169,7 +172,7 @@ def markdown(report: dict) -> str:
 
 
 @app.command()
-def main(
+def latency(
     dataset: str = typer.Option("mpd", help="polyvore | mpd: whose val/test intents are sent"),
     strategies: str = typer.Option("single,diffusion", help="Comma-separated /fanout strategies"),
     requests: int = typer.Option(500, help="Requests per strategy"),
@@ -211,6 +214,90 @@ def main(
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
     plot(report, out.with_suffix(".png"))
+    typer.echo(f"wrote {out}.json, .md, .png")
+
+
+
+def locust_run(url: str, strategy: str, rate: float, users: int, seconds: int, dataset: str, workdir: Path) -> dict:
+    """One headless locust run; its aggregated stats (client side) and the service's stage times."""
+    prefix = workdir / f"{strategy}-{rate:g}"
+    env = {**os.environ, "R4T_STRATEGY": strategy, "R4T_RATE": str(rate), "R4T_DATASET": dataset,
+           "R4T_STAGES_OUT": f"{prefix}-stages.json", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+           "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+           "--only-summary", "--stop-timeout", "10"]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, timeout=seconds + 120)
+    with open(f"{prefix}_stats.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    agg = next(r for r in rows if r["Name"] == "Aggregated")
+    stages = json.loads(Path(f"{prefix}-stages.json").read_text()) if Path(f"{prefix}-stages.json").exists() else {}
+    n = int(agg["Request Count"])
+    return {"strategy": strategy, "target_rps": rate, "users": users, "seconds": seconds, "requests": n,
+            "failures": int(agg["Failure Count"]), "error_rate": round(int(agg["Failure Count"]) / max(n, 1), 4),
+            "rps": round(float(agg["Requests/s"]), 2),
+            **{f"p{p}_ms": float(agg[f"{p}%"]) for p in ("50", "95", "99")},
+            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items() if v}}
+
+
+@app.command()
+def load(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd: whose val/test intents are sent"),
+    strategies: str = typer.Option("diffusion,single", help="Comma-separated /fanout strategies"),
+    rates: str = typer.Option("25,50,100,200", help="Arrival rates (requests/s) to try, ascending"),
+    users: int = typer.Option(64, help="Locust users: enough that slow answers do not hold the rate back"),
+    seconds: int = typer.Option(20, help="Duration of each step"),
+    url: Optional[str] = typer.Option(None, help="A running service; default: start one on loopback"),
+    out: Path = typer.Option(Path("results/service_load"), help="Output prefix (.json, .md, .png)"),
+) -> None:
+    """Open-loop load per strategy at ascending rates (stopping after the first step with errors or a
+    p99 over 1 s): achieved QPS, p50/p95/p99 and error rate per step."""
+    proc = None
+    workdir = Path(tempfile.mkdtemp(prefix="r4t-load-"))
+    if url is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        proc, url = start_server({"R4T_DATASET": dataset, "HF_HUB_OFFLINE": "1"}, workdir / "server.log")
+    steps = []
+    try:
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        for name in strategies.split(","):
+            for rate in (float(r) for r in rates.split(",")):
+                step = locust_run(url, name, rate, users, seconds, dataset, workdir)
+                typer.echo(f"{name} @ {rate:g}/s: {step['rps']} rps, p50 {step['p50_ms']} p99 {step['p99_ms']} ms, "
+                           f"{step['failures']} failures")
+                steps.append(step)
+                if step["failures"] or step["p99_ms"] > 1000:
+                    break
+    finally:
+        if proc is not None:
+            stop_server(proc)
+    report = {"dataset": dataset, "items": info["items"], "provider": info["provider"], "users": users,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+              "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]), "steps": steps}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [f"# /fanout under open-loop load on {dataset} ({info['items']:,} items)", "",
+             f"Machine: {report['machine']}; provider {info['provider']}; locust, {users} users. "
+             f"Command: `{report['command']}`", "",
+             "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms | stages p50 (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        stages = ", ".join(f"{k} {v}" for k, v in s["stages_p50_ms"].items())
+        lines.append(f"| {s['strategy']} | {s['target_rps']:g} | {s['rps']} | {s['requests']} | {s['failures']} | "
+                     f"{s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | {stages} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in strategies.split(","):
+        mine = [s for s in steps if s["strategy"] == name]
+        for p, style in (("p50", "-o"), ("p99", "--x")):
+            ax.plot([s["rps"] for s in mine], [s[f"{p}_ms"] for s in mine], style, label=f"{name} {p}")
+    ax.set(xlabel="achieved requests/s", ylabel="latency (ms)", yscale="log", title="/fanout latency vs load")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
     typer.echo(f"wrote {out}.json, .md, .png")
 
 
