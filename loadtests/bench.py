@@ -204,7 +204,8 @@ def latency(
         for name in strategies.split(","):
             typer.echo(f"{name}: {requests} requests ...")
             report["strategies"][name] = closed_loop(url, {**body, "strategy": name}, queries, concurrency)
-            typer.echo(f"  p50 {report['strategies'][name]['p50_ms']} ms, p95 {report['strategies'][name]['p95_ms']} ms")
+            run = report["strategies"][name]
+            typer.echo(f"  p50 {run['p50_ms']} ms, p95 {run['p95_ms']} ms")
         sizes = [int(x) for x in batch_sizes.split(",") if x]
         for name in filter(None, batch_strategies.split(",")) if sizes else []:
             report["batch_sweep"][name] = batch_sweep(url, {**body, "strategy": name}, queries, sizes, repeats)
@@ -277,7 +278,8 @@ def load(
     lines = [f"# /fanout under open-loop load on {dataset} ({info['items']:,} items)", "",
              f"Machine: {report['machine']}; provider {info['provider']}; locust, {users} users. "
              f"Command: `{report['command']}`", "",
-             "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms | stages p50 (ms) |",
+             "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms "
+             "| stages p50 (ms) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         stages = ", ".join(f"{k} {v}" for k, v in s["stages_p50_ms"].items())

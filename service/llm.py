@@ -23,6 +23,7 @@ class LLMUnavailable(RuntimeError):
 
 class FanoutWriter(Protocol):
     name: str
+    concurrency: int  # calls that may run at once
 
     def write(self, queries: list[str], k: int, seed: int) -> list[list[str]]:
         """Up to k sub-queries per broad query (at least the query itself)."""
@@ -40,7 +41,7 @@ class OpenAIWriter:
 
         self.url, self.model, self.dataset, self.task = settings.llm_url.rstrip("/"), settings.llm_model, \
             settings.dataset, task
-        self.name = f"openai:{self.model or self.url}"
+        self.name, self.concurrency = f"openai:{self.model or self.url}", 8
         headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
         self.client = httpx.Client(timeout=settings.llm_timeout_s, headers=headers)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llm")
@@ -71,7 +72,7 @@ class LocalWriter:
     def __init__(self, settings: Settings, task: str = "wscr"):
         from training.fanout.infer import FanoutLM, SampleConfig
 
-        self.name = f"local:{settings.llm_policy}"
+        self.name, self.concurrency = f"local:{settings.llm_policy}", 1  # one generate at a time: the seed is global
         self.lm = FanoutLM(str(settings.llm_policy), settings.artifacts_dir,
                            SampleConfig(task=task, dataset=settings.dataset, temperature=0.8))
 

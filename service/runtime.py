@@ -49,7 +49,8 @@ class Runtime:
         """Micro-batchers over the encoder and the graph, sharing one bounded executor."""
         s, m = self.settings, self.metrics
         self.executor = ThreadPoolExecutor(max_workers=s.onnx_workers, thread_name_prefix="onnx")
-        self.llm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm")
+        workers = self.llm.concurrency if self.llm else 1
+        self.llm_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm")
 
         def batcher(name, run):
             m.queue_depth.labels(name).set(0)

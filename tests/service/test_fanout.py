@@ -215,7 +215,8 @@ def test_bad_query_limit_or_filter_is_a_problem(client, payload, status, field):
 
 
 def test_invalid_utf8_is_a_problem(client):
-    response = client.post("/fanout", content=b'{"query": "\xff\xfe boots"}', headers={"content-type": "application/json"})
+    response = client.post("/fanout", content=b'{"query": "\xff\xfe boots"}',
+                           headers={"content-type": "application/json"})
     assert_problem(response, 400)
 
 
