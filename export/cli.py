@@ -319,6 +319,8 @@ def diffusion_synth(
     samples: int = typer.Option(8, help="Fan-outs sampled per train intent (G)"),
     max_queries: int = typer.Option(0, help="Train intents to use (0 = all)"),
     temperature: float = typer.Option(0.9, help="Sampling temperature (paper: 0.9)"),
+    min_reward: float = typer.Option(0.0, help="Keep fan-outs scoring above this (and >= their query's median); "
+                                               "a negative floor keeps a zero-shot policy's best tries"),
     name: str = typer.Option("", help="Pairs directory under <artifacts>/pairs; default <dataset>-<task>"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
@@ -335,7 +337,7 @@ def diffusion_synth(
     out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-{task}")
     report = synthesize(lm, _reward_model(dataset, task, encoder, artifacts),
                         load_dataset(dataset, data_dir or default_data_dir()), out,
-                        SynthConfig(samples=samples, max_queries=max_queries))
+                        SynthConfig(samples=samples, max_queries=max_queries, min_reward=min_reward))
     typer.echo(f"{out}: {report['pairs_total']} pairs from {report['queries']} intents")
 
 

@@ -32,6 +32,7 @@ def test_successful_keeps_the_better_half_above_zero():
     assert successful([0.0, 0.2, 0.4, 0.6]) == [False, False, True, True]
     assert successful([0.0, 0.0]) == [False, False]  # all failed: the query contributes nothing
     assert successful([0.3, 0.3, -1.0]) == [True, True, False]
+    assert successful([-0.6, -0.4, -0.2], min_reward=-1.0) == [False, True, True]  # a looser floor, same median
 
 
 def test_synthesis_writes_resumable_shards(polyvore, encoder, resolver, policy_artifacts, tmp_path):

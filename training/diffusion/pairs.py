@@ -39,6 +39,7 @@ class SynthConfig:
     max_queries: int = 0  # 0 = every train intent
     shard_size: int = 64  # intents per shard file
     seed: int = 0
+    min_reward: float = 0.0  # kept fan-outs score above this (and at least their query's median)
 
 
 def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,10 +52,10 @@ def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndar
     return np.concatenate([rows, rows[extra]], axis=0)
 
 
-def successful(totals: list[float]) -> list[bool]:
-    """Kept fan-outs of one query: reward above zero and at least the median of the query's rewards."""
+def successful(totals: list[float], min_reward: float = 0.0) -> list[bool]:
+    """Kept fan-outs of one query: reward above `min_reward` and at least the median of the query's rewards."""
     median = float(np.median(totals)) if totals else 0.0
-    return [t > 0 and t >= median for t in totals]
+    return [t > min_reward and t >= median for t in totals]
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -87,7 +88,8 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
         kept = []  # (set index in chunk, fan-out, reward) of the successful fan-outs, in query order
         for j in range(len(chunk)):
             mine = [(f, r) for (jj, f), r in zip(flat, scored) if jj == j]
-            chosen = [(j, f, r) for (f, r), k in zip(mine, successful([r.total for _, r in mine])) if k and f.queries]
+            keep = successful([r.total for _, r in mine], cfg.min_reward)
+            chosen = [(j, f, r) for (f, r), k in zip(mine, keep) if k and f.queries]
             stats["queries_with_pairs"] += bool(chosen)
             kept += chosen
         # One encode (and for OAR one search and one fetch) for every kept sub-query of the shard.
