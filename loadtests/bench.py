@@ -33,6 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False)
 
 
+def machine() -> str:
+    """CPU model and core count, for the report's header."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} CPUs"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -198,7 +206,7 @@ def latency(
         report = {"dataset": dataset, "items": info["items"], "provider": info["provider"],
                   "graph": (info.get("graph") or {}).get("path"), "llm": info.get("llm"),
                   "concurrency": concurrency, "k": k, "limit": limit,
-                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                  "machine": machine(),
                   "command": " ".join(["python -m loadtests.bench", *sys.argv[1:]]), "strategies": {},
                   "batch_sweep": {}}
         for name in strategies.split(","):
@@ -272,7 +280,7 @@ def load(
         if proc is not None:
             stop_server(proc)
     report = {"dataset": dataset, "items": info["items"], "provider": info["provider"], "users": users,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+              "machine": machine(),
               "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]), "steps": steps}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# /fanout under open-loop load on {dataset} ({info['items']:,} items)", "",

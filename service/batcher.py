@@ -1,8 +1,10 @@
 """Micro-batching: concurrent requests share one ONNX run, behind a bounded queue.
 
-Each request submits its queries and awaits their outputs. One worker task takes what is queued
-(waiting at most `max_wait_s` for more to join while the batch is not full), runs it on a bounded
-executor, and hands each request its slice. When more than `max_queue` queries wait, `submit` raises
+Each request submits its queries and awaits their outputs. One worker task takes what is queued,
+runs it on a bounded executor, and hands each request its slice. Requests that arrive while a run is
+under way are batched into the next one; under load (the previous run held more than one query) the
+worker also waits up to `max_wait_s` for more to join a batch that is not full, while a lone request
+on an idle server runs at once. When more than `max_queue` queries wait, `submit` raises
 `Overloaded` at once: the client gets 429 with Retry-After instead of a latency that grows without
 bound.
 """
@@ -53,6 +55,7 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0
         self._running = 0
+        self._last_size = 0  # queries in the previous run: a lone request does not wait for company
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
@@ -115,8 +118,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self.max_wait_s > 0 and self._queued < self.max_batch:
-                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join this run
+            if self.max_wait_s > 0 and self._last_size > 1 and self._queued < self.max_batch:
+                await asyncio.sleep(self.max_wait_s)  # under load: let concurrent requests join this run
             jobs = self._take()
             if not self._jobs:
                 self._wake.clear()
@@ -124,7 +127,7 @@ class MicroBatcher:
                 continue
             batch = [x for job in jobs for x in job.inputs]
             started = time.perf_counter()
-            self._running = len(batch)
+            self._running = self._last_size = len(batch)
             try:
                 outputs = await loop.run_in_executor(self.executor, self.run, batch)
             except Exception as exc:  # the requests in this batch fail; the worker goes on
