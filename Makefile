@@ -33,15 +33,14 @@ index: install
 # 0), a small denoiser, 4 unrolled steps. The README has the full pipeline, whose `r4t export`
 # replaces it.
 $(GRAPH):
-	$(MAKE) index
 	$(BIN)/r4t diffusion synth --dataset $(DATASET) --policy smollm2-135m-instruct --max-queries 96 --samples 4 \
 		--min-reward -1 --name $(QUICK)
 	$(BIN)/r4t diffusion train --dataset $(DATASET) --name $(QUICK) --steps 2000 --batch-size 64 --width 128 --depth 2
 	$(BIN)/r4t export --dataset $(DATASET) --model artifacts/diffusion/$(QUICK)/model.pt
 
-graph: install $(GRAPH)
+graph: index $(GRAPH)
 
-serve: index graph
+serve: graph
 	R4T_DATASET=$(DATASET) $(BIN)/r4t serve
 
 test: install

@@ -248,6 +248,37 @@ def locust_run(url: str, strategy: str, rate: float, users: int, seconds: int, d
             "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items() if v}}
 
 
+def write_load_report(report: dict, strategies: list[str], out: Path) -> None:
+    """<out>.json, a markdown table per step and a latency-vs-load plot."""
+    dataset, steps = report["dataset"], report["steps"]
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [f"# /fanout under open-loop load on {dataset} ({report['items']:,} items)", "",
+             f"Machine: {report['machine']}; provider {report['provider']}; locust, {report['users']} users. "
+             f"Command: `{report['command']}`", "",
+             "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms "
+             "| stages p50 (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        stages = ", ".join(f"{k} {v}" for k, v in s["stages_p50_ms"].items())
+        lines.append(f"| {s['strategy']} | {s['target_rps']:g} | {s['rps']} | {s['requests']} | {s['failures']} | "
+                     f"{s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | {stages} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in strategies:
+        mine = [s for s in steps if s["strategy"] == name]
+        for p, style in (("p50", "-o"), ("p99", "--x")):
+            ax.plot([s["rps"] for s in mine], [s[f"{p}_ms"] for s in mine], style, label=f"{name} {p}")
+    ax.set(xlabel="achieved requests/s", ylabel="latency (ms)", yscale="log", title="/fanout latency vs load")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+
+
 @app.command()
 def load(
     dataset: str = typer.Option("mpd", help="polyvore | mpd: whose val/test intents are sent"),
@@ -280,34 +311,9 @@ def load(
         if proc is not None:
             stop_server(proc)
     report = {"dataset": dataset, "items": info["items"], "provider": info["provider"], "users": users,
-              "machine": machine(),
-              "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]), "steps": steps}
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [f"# /fanout under open-loop load on {dataset} ({info['items']:,} items)", "",
-             f"Machine: {report['machine']}; provider {info['provider']}; locust, {users} users. "
-             f"Command: `{report['command']}`", "",
-             "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms "
-             "| stages p50 (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in steps:
-        stages = ", ".join(f"{k} {v}" for k, v in s["stages_p50_ms"].items())
-        lines.append(f"| {s['strategy']} | {s['target_rps']:g} | {s['rps']} | {s['requests']} | {s['failures']} | "
-                     f"{s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | {stages} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in strategies.split(","):
-        mine = [s for s in steps if s["strategy"] == name]
-        for p, style in (("p50", "-o"), ("p99", "--x")):
-            ax.plot([s["rps"] for s in mine], [s[f"{p}_ms"] for s in mine], style, label=f"{name} {p}")
-    ax.set(xlabel="achieved requests/s", ylabel="latency (ms)", yscale="log", title="/fanout latency vs load")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+              "machine": machine(), "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]),
+              "steps": steps}
+    write_load_report(report, strategies.split(","), out)
     typer.echo(f"wrote {out}.json, .md, .png")
 
 

@@ -54,6 +54,9 @@ class OnnxEncoder:
         self.dim = self.manifest.encoder.dim
         self.max_len = self.manifest.encoder.max_seq_len
         self.tokenizer = load_tokenizer(self.directory, self.max_len)
+        # A second, untruncated copy for counting: toggling truncation on the shared one would race
+        # with batches that the service encodes on its executor threads.
+        self._counter = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
         self.session = make_session(self.directory / MODEL_FILE, device, threads)
 
     @property
@@ -62,11 +65,7 @@ class OnnxEncoder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` before truncation (the service rejects queries over its limit)."""
-        self.tokenizer.no_truncation()
-        try:
-            return len(self.tokenizer.encode(text).ids)
-        finally:
-            self.tokenizer.enable_truncation(max_length=self.max_len)
+        return len(self._counter.encode(text).ids)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Padded (B, T) int64 `input_ids` and `attention_mask`."""

@@ -39,6 +39,10 @@ class OpenAIWriter:
     def __init__(self, settings: Settings, task: str = "wscr"):
         import httpx
 
+        from training.fanout.parse import parse_fanout
+        from training.fanout.prompts import fanout_prompt
+
+        self.httpx, self.parse, self.prompt = httpx, parse_fanout, fanout_prompt
         self.url, self.model, self.dataset, self.task = settings.llm_url.rstrip("/"), settings.llm_model, \
             settings.dataset, task
         self.name, self.concurrency = f"openai:{self.model or self.url}", 8
@@ -47,20 +51,15 @@ class OpenAIWriter:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="llm")
 
     def _one(self, query: str, k: int, seed: int) -> list[str]:
-        import httpx
-
-        from training.fanout.parse import parse_fanout
-        from training.fanout.prompts import fanout_prompt
-
         body = {"model": self.model, "temperature": 0.8, "seed": seed, "max_tokens": 256,
-                "messages": [{"role": "user", "content": fanout_prompt(query, self.task, self.dataset, k=k)}]}
+                "messages": [{"role": "user", "content": self.prompt(query, self.task, self.dataset, k=k)}]}
         try:
             response = self.client.post(f"{self.url}/chat/completions", json=body)
             response.raise_for_status()
             text = response.json()["choices"][0]["message"]["content"] or ""
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+        except (self.httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             raise LLMUnavailable(f"LLM endpoint {self.url}: {exc}") from exc
-        return _or_query(parse_fanout(text, query, k).queries, query, k)
+        return _or_query(self.parse(text, query, k).queries, query, k)
 
     def write(self, queries: list[str], k: int, seed: int) -> list[list[str]]:
         return list(self.pool.map(lambda q: self._one(q, k, seed), queries))
