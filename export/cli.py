@@ -409,7 +409,8 @@ def export_graph(
     steps: int = typer.Option(4, help="Sampler steps unrolled into the graph"),
     guidance: float = typer.Option(1.0, help="Classifier-free guidance weight"),
     method: str = typer.Option("euler", help="euler | heun"),
-    name: str = typer.Option("", help="Artifact name under <artifacts>/graphs; default <dataset>-s<steps>"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 (CUDA) | int8 (dynamic, CPU)"),
+    name: str = typer.Option("", help="Name under <artifacts>/graphs; default <dataset>-s<steps>[-<precision>]"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -422,10 +423,45 @@ def export_graph(
     settings = _settings(dataset, artifacts, encoder)
     path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
     queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")[:64]]
-    out = settings.artifacts_dir / "graphs" / (name or f"{dataset}-s{steps}")
-    manifest = export_fanout(out, settings.encoder_path, load_model(path),
-                             FanoutExportConfig(steps=steps, guidance=guidance, method=method), queries, dataset)
-    typer.echo(f"{out}: parity max|Δ|={manifest.parity.max_abs_error:.2e}, min cos {manifest.parity.min_cosine:.6f}")
+    cfg = FanoutExportConfig(steps=steps, guidance=guidance, method=method, precision=precision)
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    out = settings.artifacts_dir / "graphs" / (name or f"{dataset}-s{steps}{suffix}")
+    manifest = export_fanout(out, settings.encoder_path, load_model(path), cfg, queries, dataset)
+    size = (out / "model.onnx").stat().st_size / 2**20
+    typer.echo(f"{out} ({precision}, {size:.1f} MiB): parity max|Δ|={manifest.parity.max_abs_error:.2e}, "
+               f"min cos {manifest.parity.min_cosine:.6f}")
+
+
+@app.command("bench-graph")
+def bench_graph_cmd(
+    graphs: str = typer.Option(..., help="Comma-separated artifact names under <artifacts>/graphs (or paths)"),
+    dataset: str = typer.Option("mpd", help="Whose val intents are the queries"),
+    batches: str = typer.Option("1,8,64,256", help="Comma-separated batch sizes"),
+    device: str = typer.Option("cpu", help="cpu | cuda (the provider that ran is reported)"),
+    threads: int = typer.Option(0, help="Intra-op threads; 0 = one per physical core"),
+    io_binding: bool = typer.Option(False, help="CUDA: bind inputs and outputs on the device"),
+    max_seconds: float = typer.Option(5.0, help="Timed seconds per (graph, batch) after warm-up"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+    out: Path = typer.Option(Path("results"), help="Where the report goes"),
+    name: str = typer.Option("", help="Report file stem; default graph_latency_<dataset>_<device>"),
+) -> None:
+    """Model-only latency of fan-out graphs (encoder + unrolled sampler) per batch size; JSON, table, PNG."""
+    _start(dataset)
+    from export.bench import GraphBenchConfig, bench_graph, machine, write_report
+    from training.data import default_data_dir, load_dataset
+
+    settings = _settings(dataset, artifacts)
+    cfg = GraphBenchConfig(batches=tuple(int(b) for b in batches.split(",")), device=device, threads=threads,
+                           io_binding=io_binding, max_seconds=max_seconds)
+    queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")]
+    rows = []
+    for graph in graphs.split(","):
+        path = Path(graph) if "/" in graph else settings.artifacts_dir / "graphs" / graph
+        rows += bench_graph(path, queries, cfg)
+    header = {"dataset": dataset, "machine": machine(), "command": "r4t " + shlex.join(sys.argv[1:])}
+    files = write_report(rows, header, out, name or f"graph_latency_{dataset}_{device}")
+    typer.echo(files[1].read_text())
 
 
 @app.command("bench-store")

@@ -5,6 +5,11 @@ seed makes results reproducible. Inside: the encoder → mean pool → L2 norm �
 unrolled over its fixed sigmas with CFG → L2-normalised rows. Outputs `query_embedding` (B, d) and
 `fanout` (B, L, d). The directory is written to a temp dir, reloaded in ONNX Runtime, compared with
 torch on real queries and fixed noise, and only then moved into place.
+
+Precision variants are derived from the fp32 export: `fp16` (weights and activations in half
+precision, float32 inputs and outputs; for the CUDA provider) and `int8` (dynamically quantised
+MatMul weights; for the CPU provider). Their parity is recorded, not held to the fp32 tolerance: the
+recall budget through `r4t eval` decides whether a variant is good enough.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 
 INPUTS, OUTPUTS = ["input_ids", "attention_mask", "noise"], ["query_embedding", "fanout"]
 PARITY_TOLERANCE = 1e-4  # fp32: max abs difference per coordinate vs torch
+PRECISIONS = ("fp32", "fp16", "int8")
+COSINE_FLOOR = 0.9  # fp16 / int8: a variant whose rows point elsewhere is broken, not merely lossy
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,14 @@ class FanoutExportConfig:
     steps: int = 4  # sampler steps unrolled into the graph
     guidance: float = 1.0  # CFG weight (1 = no guidance, one model call per step)
     method: str = "euler"  # euler | heun
+    precision: str = "fp32"  # fp32 | fp16 | int8
     opset: int = OPSET
 
     def __post_init__(self):
         if self.steps < 1 or self.method not in ("euler", "heun"):
             raise ValueError("steps must be >= 1 and method 'euler' or 'heun'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
 
 
 class QueryToFanout(torch.nn.Module):
@@ -89,13 +99,17 @@ def export_fanout(out_dir: Path, encoder_dir: Path, denoiser: SetDenoiser, cfg: 
                 dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                               "noise": {0: "batch"}, "query_embedding": {0: "batch"}, "fanout": {0: "batch"}},
             )
+        convert_precision(tmp / MODEL_FILE, cfg.precision)
         shutil.copy(Path(encoder_dir) / "tokenizer.json", tmp / "tokenizer.json")
         # 2. Reload in ONNX Runtime; compare with torch on real queries and fixed noise.
         parity = measure_parity(graph, tmp / MODEL_FILE, st, queries, seed)
-        if not parity.max_abs_error <= PARITY_TOLERANCE:
+        if cfg.precision == "fp32" and not parity.max_abs_error <= PARITY_TOLERANCE:
             raise RuntimeError(f"fan-out graph parity {parity.max_abs_error:.2e} > {PARITY_TOLERANCE:.0e}")
+        if not parity.min_cosine >= COSINE_FLOOR:
+            raise RuntimeError(f"{cfg.precision} graph: min cosine to torch {parity.min_cosine:.3f} < {COSINE_FLOOR}")
         manifest = Manifest(
-            kind="fanout", encoder=enc_manifest.encoder, opset=cfg.opset, inputs=INPUTS, outputs=OUTPUTS,
+            kind="fanout", precision=cfg.precision, encoder=enc_manifest.encoder, opset=cfg.opset, inputs=INPUTS,
+            outputs=OUTPUTS,
             files=hash_files(tmp), parity=parity,
             fanout=FanoutInfo(rows=d.rows, steps=cfg.steps, sigmas=sigmas, guidance=cfg.guidance, sampler=cfg.method,
                               dataset=dataset, encoder_sha256=enc_manifest.encoder_sha256),
@@ -110,6 +124,55 @@ def export_fanout(out_dir: Path, encoder_dir: Path, denoiser: SetDenoiser, cfg: 
     return manifest
 
 
+def convert_precision(model: Path, precision: str) -> None:
+    """Rewrite the fp32 `model` in place as the `precision` variant."""
+    import onnx
+
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        graph = onnx.load(model)
+        _untranspose_gemm_weights(graph)
+        staged, source = model.with_name("int8.onnx"), model.with_name("fp32.onnx")
+        onnx.save(graph, source)
+        # The encoder's MatMuls hold nearly all of the bytes and time; the denoiser stays fp32. Shape
+        # inference cannot type every traced output; they are all float32.
+        encoder = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith("/encoder/")]
+        quantize_dynamic(source, staged, weight_type=QuantType.QInt8, nodes_to_quantize=encoder,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        source.unlink()
+        staged.replace(model)
+    elif precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(model), keep_io_types=True), model)
+
+
+def _untranspose_gemm_weights(model) -> None:
+    """Store each transB Gemm weight pre-transposed (transB=0), once per initializer.
+
+    The unrolled sampler reuses one denoiser weight in every step's Gemm; ORT's quantiser rewrites
+    Gemm as MatMul by transposing the initializer in place per node, so a shared weight would be
+    transposed once per step. After this pass it has nothing to transpose.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    done: set[str] = set()
+    for node in model.graph.node:
+        trans = next((a for a in node.attribute if a.name == "transB"), None)
+        if node.op_type != "Gemm" or trans is None or trans.i != 1 or node.input[1] not in inits:
+            continue
+        name = node.input[1]
+        if name not in done:
+            weight = inits[name]
+            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), name))
+            done.add(name)
+        trans.i = 0
+    onnx.checker.check_model(model)
+
+
 def measure_parity(graph: QueryToFanout, model: Path, st: SentenceTransformer, queries: list[str], seed: int) -> Parity:
     """Max abs error and min cosine of ONNX Runtime's fan-out rows against torch, same tokens and noise."""
     tokens = st.tokenizer(queries, padding=True, truncation=True, return_tensors="pt")
@@ -122,4 +185,4 @@ def measure_parity(graph: QueryToFanout, model: Path, st: SentenceTransformer, q
                                  "attention_mask": tokens["attention_mask"].numpy(), "noise": noise.numpy()})
     return Parity(reference=f"torch on {len(queries)} queries, fixed noise", n_inputs=len(queries),
                   max_abs_error=float(max(np.abs(z - z_ref).max(), np.abs(f - f_ref).max())),
-                  min_cosine=float((f * f_ref).sum(-1).min()))
+                  min_cosine=float(min((f * f_ref).sum(-1).min(), (z * z_ref).sum(-1).min())))

@@ -44,7 +44,7 @@ class Parity(BaseModel):
     reference: str = Field(description="What the ONNX output was compared with")
     n_inputs: int
     max_abs_error: float
-    min_cosine: float
+    min_cosine: float = Field(description="Lowest cosine of any output row (query embedding or fan-out row)")
 
 
 class FanoutInfo(BaseModel):
@@ -64,6 +64,7 @@ class Manifest(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     kind: Literal["encoder", "fanout"]
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Weights of model.onnx")
     encoder: EncoderInfo
     opset: int
     inputs: list[str]

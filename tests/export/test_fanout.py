@@ -7,8 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.fanout import PARITY_TOLERANCE, FanoutExportConfig, export_fanout
+from export.bench import GraphBenchConfig, bench_graph, machine, write_report
+from export.fanout import COSINE_FLOOR, PARITY_TOLERANCE, FanoutExportConfig, export_fanout
 from service.encoder import load_tokenizer
+from service.graph import FanoutGraph
 from service.manifest import load_manifest
 from training.diffusion.model import DiffusionConfig, SetDenoiser
 
@@ -70,3 +72,36 @@ def test_dim_mismatch_is_refused(encoder_dir, tmp_path):
     with pytest.raises(ValueError, match="dim"):
         export_fanout(tmp_path / "x", encoder_dir, small, FanoutExportConfig(), ["q"], "polyvore")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_precision_variants_keep_direction_and_serve(precision, artifact, encoder_dir, denoiser, polyvore,
+                                                     tmp_path):
+    fp32_dir, _ = artifact
+    queries = [s.intent for s in polyvore.sets[:12]]
+    out = tmp_path / precision
+    cfg = FanoutExportConfig(steps=2, guidance=2.0, precision=precision)
+    manifest = export_fanout(out, encoder_dir, denoiser, cfg, queries, "polyvore")
+    loaded = load_manifest(out)
+    assert loaded.precision == precision and manifest.parity.n_inputs == 12
+    assert COSINE_FLOOR <= loaded.parity.min_cosine <= 1.0 + 1e-5
+    assert (out / "model.onnx").stat().st_size < 0.8 * (fp32_dir / "model.onnx").stat().st_size
+    # The service opens a variant like any other graph: float32 in, float32 unit rows out.
+    [output] = FanoutGraph(out).run([("festival outfit", 3)])
+    assert output.fanout.dtype == np.float32 and np.allclose(np.linalg.norm(output.fanout, axis=-1), 1, atol=1e-3)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        FanoutExportConfig(precision="int4")
+
+
+def test_bench_graph_times_every_batch_and_writes_report(artifact, polyvore, tmp_path):
+    out, _ = artifact
+    cfg = GraphBenchConfig(batches=(1, 3), min_runs=2, max_seconds=0.0, warmup=1)
+    rows = bench_graph(out, [s.intent for s in polyvore.sets[:5]], cfg)
+    assert [r["batch"] for r in rows] == [1, 3]
+    assert all(r["provider"] == "CPUExecutionProvider" and r["runs"] >= 2 and r["p50_ms"] > 0 for r in rows)
+    files = write_report(rows, {"dataset": "polyvore", "machine": machine(), "command": "test"}, tmp_path, "g")
+    assert [f.name for f in files] == ["g.json", "g.md", "g.png"] and all(f.stat().st_size > 0 for f in files)
+    assert "| polyvore | fp32 | 2 | CPU | 3 |" in files[1].read_text()

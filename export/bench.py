@@ -1,0 +1,129 @@
+"""`r4t bench-graph`: model-only latency of exported fan-out graphs in ONNX Runtime, batch by batch.
+
+Opens each artifact exactly as the service does (`FanoutGraph`: same session options, same provider
+choice), feeds real queries and fixed noise, and times `session.run` alone: no HTTP, no store. On
+CUDA, inputs and outputs can be bound on the device (IO binding) so the copies leave the timing.
+Reports the provider that actually ran, since onnxruntime-gpu lists CUDA even where it cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.graph import FanoutGraph
+
+
+@dataclass(frozen=True)
+class GraphBenchConfig:
+    batches: tuple[int, ...] = (1, 8, 64, 256)
+    device: str = "cpu"  # cpu | cuda
+    threads: int = 0  # intra-op threads; 0 = one per physical core
+    io_binding: bool = False  # CUDA only: keep inputs and outputs on the device
+    min_runs: int = 5
+    max_seconds: float = 5.0  # per (graph, batch) cell, after warm-up
+    warmup: int = 2
+    seed: int = 0
+
+
+def _inputs(graph: FanoutGraph, queries: list[str], batch: int, seed: int) -> dict[str, np.ndarray]:
+    texts = [queries[i % len(queries)] for i in range(batch)]
+    encodings = graph.tokenizer.encode_batch(texts)
+    noise = np.random.default_rng(seed).standard_normal((batch, graph.rows, graph.dim), dtype=np.float32)
+    return {"input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+            "noise": noise}
+
+
+def _runner(graph: FanoutGraph, feeds: dict[str, np.ndarray], io_binding: bool):
+    """A no-argument callable that runs the graph once on `feeds`."""
+    session = graph.session
+    if not (io_binding and graph.provider == "CUDAExecutionProvider"):
+        return lambda: session.run(None, feeds)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for name in ("query_embedding", "fanout"):
+        binding.bind_output(name, "cuda")
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def bench_graph(directory: Path, queries: list[str], cfg: GraphBenchConfig) -> list[dict]:
+    """One row per batch size: p50/p95 ms per run, ms per query, queries per second."""
+    graph = FanoutGraph(directory, cfg.device, cfg.threads)
+    rows = []
+    for batch in cfg.batches:
+        run = _runner(graph, _inputs(graph, queries, batch, cfg.seed), cfg.io_binding)
+        for _ in range(cfg.warmup):
+            run()
+        times, started = [], time.perf_counter()
+        while len(times) < cfg.min_runs or time.perf_counter() - started < cfg.max_seconds:
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1000)
+            if len(times) >= 1000:
+                break
+        p50, p95 = np.percentile(times, [50, 95])
+        rows.append({
+            "graph": graph.directory.name, "precision": graph.manifest.precision, "steps": graph.info.steps,
+            "provider": graph.provider, "io_binding": cfg.io_binding and graph.provider == "CUDAExecutionProvider",
+            "batch": batch, "runs": len(times), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
+            "ms_per_query": round(float(p50) / batch, 4), "qps": round(batch * 1000 / float(p50), 1),
+        })
+    return rows
+
+
+def machine() -> str:
+    """The processor and the GPU, when one is visible, in words."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[Path]:
+    """JSON (every row), a markdown table and a ms-per-query-vs-batch plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
+    files[0].write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Fan-out graph latency ({header['dataset']})", "",
+             f"Machine: {header['machine']}. Command: `{header['command']}`.",
+             "Model only: one `session.run` of encoder + unrolled sampler per batch; no HTTP, no store.", "",
+             "| graph | precision | steps | provider | batch | p50 ms | p95 ms | ms/query | queries/s |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['graph']} | {r['precision']} | {r['steps']} | {r['provider'].removesuffix('ExecutionProvider')}"
+              f"{' +IO binding' if r['io_binding'] else ''} | {r['batch']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+              f"{r['ms_per_query']:.3f} | {r['qps']:.0f} |" for r in rows]
+    files[1].write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for graph in dict.fromkeys(r["graph"] for r in rows):
+        sub = [r for r in rows if r["graph"] == graph]
+        ax.plot([r["batch"] for r in sub], [r["ms_per_query"] for r in sub], marker="o", label=graph)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per query (p50)",
+           title=f"fan-out graph, {rows[0]['provider'].removesuffix('ExecutionProvider') if rows else ''}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(files[2], dpi=120)
+    plt.close(fig)
+    return files
