@@ -117,11 +117,13 @@ def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[P
               f"{r['ms_per_query']:.3f} | {r['qps']:.0f} |" for r in rows]
     files[1].write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for graph in dict.fromkeys(r["graph"] for r in rows):
-        sub = [r for r in rows if r["graph"] == graph]
-        ax.plot([r["batch"] for r in sub], [r["ms_per_query"] for r in sub], marker="o", label=graph)
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per query (p50)",
-           title=f"fan-out graph, {rows[0]['provider'].removesuffix('ExecutionProvider') if rows else ''}")
+    def label(r: dict) -> str:
+        return f"{r['graph']} {r['provider'].removesuffix('ExecutionProvider')}{' +IO' if r['io_binding'] else ''}"
+
+    for curve in dict.fromkeys(label(r) for r in rows):
+        sub = [r for r in rows if label(r) == curve]
+        ax.plot([r["batch"] for r in sub], [r["ms_per_query"] for r in sub], marker="o", label=curve)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per query (p50)", title="fan-out graph")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(files[2], dpi=120)

@@ -180,6 +180,8 @@ def evaluate(
     tag: str = typer.Option("", help="Suffix of the report name: eval_<dataset>_<tag>"),
     policy: str = typer.Option("", help="Zero-shot / Best-of-5 policy LM; default the shipped SmolLM2"),
     folm: str = typer.Option("", help="RL-tuned policy; default <artifacts>/fanout/<dataset>-wscr/model"),
+    policy_fanouts: Optional[Path] = typer.Option(None, help="Zero-shot, Best-of-5: replay `r4t fanout record`"),
+    folm_fanouts: Optional[Path] = typer.Option(None, help="R4T-FOLM: replay `r4t fanout record` output"),
     vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi of stochastic strategies"),
     diffusion_model: str = typer.Option("", help="Set denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
     steps: int = typer.Option(4, help="Sampler steps of the diffusion strategy"),
@@ -214,20 +216,21 @@ def evaluate(
         settings = _settings(dataset, artifacts, name)
         enc, res = _retriever(settings)
 
-        def lm_strategy(label: str, model: str, best_of: int = 1):
-            from training.fanout.infer import FanoutLM, SampleConfig
+        def lm_strategy(label: str, model: str, best_of: int = 1, recorded: Path | None = None):
+            from training.fanout.infer import FanoutLM, RecordedLM, SampleConfig
             from training.fanout.rewards import RewardConfig, RewardModel
 
-            lm = FanoutLM(model, settings.artifacts_dir, SampleConfig(dataset=dataset, temperature=0.8))
+            lm = (RecordedLM(recorded) if recorded else
+                  FanoutLM(model, settings.artifacts_dir, SampleConfig(dataset=dataset, temperature=0.8)))
             chooser = RewardModel(enc, res, RewardConfig(task="oar"))
             return ev.fanout_lm_strategy(label, lm, enc, res, best_of, chooser)
 
         builders = {"single": lambda: ev.single_strategy(enc, res, cfg.k),
                     "mmr": lambda: ev.mmr_strategy(enc, res, cfg.k, cfg.mmr_lambda, cfg.mmr_pool, cfg.mmr_max),
                     "neighbours": lambda: ev.neighbour_sets_strategy(enc, res, ds, cfg.k),
-                    "zero-shot": lambda: lm_strategy("zero-shot", policy or DEFAULT_POLICY),
-                    "best-of-5": lambda: lm_strategy("Best-of-5", policy or DEFAULT_POLICY, 5),
-                    "folm": lambda: lm_strategy("R4T-FOLM", folm),
+                    "zero-shot": lambda: lm_strategy("zero-shot", policy or DEFAULT_POLICY, 1, policy_fanouts),
+                    "best-of-5": lambda: lm_strategy("Best-of-5", policy or DEFAULT_POLICY, 5, policy_fanouts),
+                    "folm": lambda: lm_strategy("R4T-FOLM", folm, 1, folm_fanouts),
                     "diffusion": lambda: ev.diffusion_strategy(f"R4T-Diffusion ({steps} steps)",
                                                                load_denoiser(diffusion_model), enc, res, steps,
                                                                guidance)}
@@ -299,6 +302,34 @@ def fanout_latency(
     path = out / f"fanout_latency_{dataset}.json"
     write_json_atomic(path, report)
     typer.echo(f"{path}: median {report['median_ms']} ms, p95 {report['p95_ms']} ms per query")
+
+
+@fanout_app.command("record")
+def fanout_record(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    policy: str = typer.Option(DEFAULT_POLICY, help="Policy: name under <artifacts>/policy, path or HF id"),
+    splits: str = typer.Option("val,test", help="Comma-separated splits whose intents are fanned out"),
+    max_queries: int = typer.Option(0, help="The first this many sets per split, as `r4t eval` takes them"),
+    n: int = typer.Option(5, help="Completions per (query, seed): 5 serves both zero-shot and Best-of-5"),
+    runs: int = typer.Option(5, help="Seeds 0..runs-1, as `r4t eval --vendi-runs` asks for them"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 (GPUs, CPUs with native bf16)"),
+    out: Path = typer.Option(..., help="JSON-lines file to write"),
+    data_dir: Optional[Path] = DATA_OPT,
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+) -> None:
+    """Sample fan-outs of held-out intents once (on a GPU, say) for `r4t eval --policy-fanouts/--folm-fanouts`."""
+    _start(dataset)
+    from training.data import default_data_dir, load_dataset
+    from training.fanout.infer import FanoutLM, SampleConfig, record_fanouts
+
+    ds = load_dataset(dataset, data_dir or default_data_dir())
+    queries = [s.intent for split in splits.split(",") for s in ds.split(split)[: max_queries or None]]
+    lm = FanoutLM(policy, _settings(dataset, artifacts).artifacts_dir,
+                  SampleConfig(dataset=dataset, temperature=0.8, dtype=dtype, device=device,
+                               batch_size=320 if device == "cuda" else 32))
+    lines = record_fanouts(lm, queries, n, range(runs), out)
+    typer.echo(f"{out}: {lines} (query, seed) records of {n} fan-outs")
 
 
 def _reward_model(dataset: str, task: str, encoder: str | None, artifacts: Path | None, depth: int = 0):

@@ -9,7 +9,7 @@ import pytest
 
 from training.evaluate import EvalConfig, evaluate, fanout_lm_strategy
 from training.fanout.grpo import RLConfig, train_grpo
-from training.fanout.infer import FanoutLM, SampleConfig, latency_report
+from training.fanout.infer import FanoutLM, RecordedLM, SampleConfig, latency_report, record_fanouts
 from training.fanout.policy import DEFAULT_POLICY, convert_gguf
 from training.fanout.rewards import RewardConfig, RewardModel
 
@@ -69,3 +69,22 @@ def test_lm_strategies_in_eval_report_parse_rate(polyvore, encoder, resolver, po
     assert "| zero-shot |" in (tmp_path / "eval_polyvore.md").read_text()
     with pytest.raises(ValueError, match="label-free"):
         fanout_lm_strategy("bad", lm, encoder, resolver, 5, RewardModel(encoder, resolver, RewardConfig()))
+
+
+def test_recorded_fanouts_replay_what_the_lm_wrote_and_score_like_it(polyvore, encoder, resolver, policy_artifacts,
+                                                                       tmp_path):
+    lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
+    cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 50), max_queries=2, vendi_runs=2)
+    queries = [s.intent for s in polyvore.split("val")[:2]]
+    path = tmp_path / "fanouts.jsonl"
+    assert record_fanouts(lm, queries + queries[:1], 2, range(cfg.vendi_runs), path, progress=False) == 4
+    replay = RecordedLM(path)
+    assert replay.name == DEFAULT_POLICY and replay.meta["n"] == 2 and replay.meta["seeds"] == [0, 1]
+    # Exactly the completions the LM samples for that (query, seed), parsed the same way.
+    assert replay.sample(queries, 2, seed=1) == lm.sample(queries, 2, seed=1)
+    [row] = evaluate([fanout_lm_strategy("replayed", replay, encoder, resolver)], polyvore, cfg, tmp_path)
+    assert row.queries == 2 and 0.0 <= row.recall[10] <= row.recall[50] <= 1.0
+    with pytest.raises(KeyError, match="seed 7"):
+        replay.sample(queries, 1, seed=7)
+    with pytest.raises(KeyError, match="3 needed"):
+        replay.sample(queries, 3, seed=0)

@@ -7,9 +7,11 @@ the resolver), so the LM is the only torch part here.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 from tqdm import tqdm
 
@@ -30,6 +32,7 @@ class SampleConfig:
     example: str = "domain"  # "paper": Appendix D's placeholder list; "domain": a worked example
     batch_size: int = 32  # sequences per generate call
     dtype: str = "float32"  # bfloat16 only where the CPU has native bf16 (measured here: 4 tok/s)
+    device: str = "cpu"  # or "cuda"
 
 
 class FanoutLM:
@@ -40,6 +43,7 @@ class FanoutLM:
 
         self.name, self.cfg = model, cfg
         self.lm, self.tokenizer = load_policy(model, artifacts_dir, cfg.dtype)
+        self.lm.to(cfg.device)
         self.generated_tokens, self.generate_seconds = 0, 0.0
 
     def prompts(self, queries: list[str]) -> list[str]:
@@ -59,7 +63,7 @@ class FanoutLM:
         head = PREFILL if c.prefill and not c.think else ""
         for lo in tqdm(range(0, len(prompts), per_call), desc="fan-out", disable=not progress, leave=False):
             batch = self.tokenizer(prompts[lo : lo + per_call], return_tensors="pt", padding=True,
-                                   add_special_tokens=False)
+                                   add_special_tokens=False).to(c.device)
             started = time.perf_counter()
             with torch.inference_mode():
                 ids = self.lm.generate(
@@ -79,6 +83,45 @@ class FanoutLM:
         """n parsed fan-outs per query."""
         texts = self.generate(queries, n, seed, progress)
         return [[parse_fanout(t, q, self.cfg.k) for t in group] for q, group in zip(queries, texts)]
+
+
+def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int], out: Path,
+                   progress: bool = True) -> int:
+    """Sample n raw completions per (query, seed) and write them as JSON lines, atomically.
+
+    Generation and scoring can then run on different machines: a GPU writes the fan-outs in
+    seconds, `RecordedLM` replays them where the index lives. The first line holds the settings.
+    """
+    from service.manifest import write_text_atomic
+
+    unique = list(dict.fromkeys(queries))
+    lines = [json.dumps({"meta": {"policy": lm.name, "n": n, "seeds": list(seeds), **asdict(lm.cfg)}})]
+    for seed in seeds:
+        texts = lm.generate(unique, n, seed, progress)
+        lines += [json.dumps({"query": q, "seed": seed, "texts": t}) for q, t in zip(unique, texts)]
+    write_text_atomic(Path(out), "\n".join(lines) + "\n")
+    return len(lines) - 1
+
+
+class RecordedLM:
+    """Replays fan-outs written by `record_fanouts` behind FanoutLM's `sample` interface."""
+
+    def __init__(self, path: Path, k: int = 10):
+        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        self.meta = records[0].get("meta", {})
+        self.name = self.meta.get("policy", str(path))
+        self.path, self.k = Path(path), k
+        self.texts = {(r["query"], r["seed"]): r["texts"] for r in records if "query" in r}
+
+    def sample(self, queries: list[str], n: int = 1, seed: int = 0, progress: bool = False) -> list[list[Fanout]]:
+        out = []
+        for q in queries:
+            texts = self.texts.get((q, seed), [])
+            if len(texts) < n:
+                raise KeyError(f"{self.path} holds {len(texts)} fan-outs of {q!r} at seed {seed}, {n} needed: "
+                               "record the same queries and seeds that the evaluation asks for")
+            out.append([parse_fanout(t, q, self.k) for t in texts[:n]])
+        return out
 
 
 def latency_report(lm: FanoutLM, queries: list[str], seed: int = 0) -> dict:
