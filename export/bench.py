@@ -129,3 +129,44 @@ def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[P
     fig.savefig(files[2], dpi=120)
     plt.close(fig)
     return files
+
+
+def write_figure5(graph_rows: list[dict], generate: dict, out: Path, stem: str) -> list[Path]:
+    """The paper's Figure 5 from two measured reports: fan-out graph vs LLM generation, ms per query by batch.
+
+    `graph_rows`: `bench_graph` rows (one provider's curve, the fastest per batch is kept);
+    `generate`: a `gen_bench` report, {"models": {name: {"rows": [...], ...}}, ...}.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best: dict[int, dict] = {}
+    for r in graph_rows:
+        if r["batch"] not in best or r["ms_per_query"] < best[r["batch"]]["ms_per_query"]:
+            best[r["batch"]] = r
+    models = generate["models"]
+    lines = ["| batch | fan-out graph ms/query | " + " | ".join(f"{m} ms/query | ratio" for m in models) + " |",
+             "|---:|---:|" + "---:|---:|" * len(models)]
+    for batch in sorted(best):
+        cells = []
+        for m in models.values():
+            row = next((r for r in m["rows"] if r["batch"] == batch), None)
+            cells += [f"{row['ms_per_query']:.3f}", f"{row['ms_per_query'] / best[batch]['ms_per_query']:.0f}×"] \
+                if row else ["–", "–"]
+        lines.append(f"| {batch} | {best[batch]['ms_per_query']:.4f} | " + " | ".join(cells) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sorted(best), [best[b]["ms_per_query"] for b in sorted(best)], marker="o", label="R4T fan-out graph")
+    for name, m in models.items():
+        ax.plot([r["batch"] for r in m["rows"]], [r["ms_per_query"] for r in m["rows"]], marker="s",
+                label=f"LLM fan-out: {name}")
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per query", title="fan-out latency vs batch")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files = [out / f"{stem}.md", out / f"{stem}.png"]
+    fig.savefig(files[1], dpi=120)
+    plt.close(fig)
+    files[0].write_text("\n".join(lines) + "\n")
+    return files
