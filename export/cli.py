@@ -313,6 +313,7 @@ def fanout_record(
     max_queries: int = typer.Option(0, help="The first this many sets per split, as `r4t eval` takes them"),
     n: int = typer.Option(5, help="Completions per (query, seed): 5 serves both zero-shot and Best-of-5"),
     runs: int = typer.Option(5, help="Seeds 0..runs-1, as `r4t eval --vendi-runs` asks for them"),
+    temperature: float = typer.Option(0.8, help="0.8 as `r4t eval` samples; 0.9 as `r4t diffusion synth`"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 (GPUs, CPUs with native bf16)"),
     out: Path = typer.Option(..., help="JSON-lines file to write"),
@@ -327,7 +328,7 @@ def fanout_record(
     ds = load_dataset(dataset, data_dir or default_data_dir())
     queries = [s.intent for split in splits.split(",") for s in ds.split(split)[: max_queries or None]]
     lm = FanoutLM(policy, _settings(dataset, artifacts).artifacts_dir,
-                  SampleConfig(dataset=dataset, temperature=0.8, dtype=dtype, device=device,
+                  SampleConfig(dataset=dataset, temperature=temperature, dtype=dtype, device=device,
                                batch_size=320 if device == "cuda" else 32))
     lines = record_fanouts(lm, queries, n, range(runs), out)
     typer.echo(f"{out}: {lines} (query, seed) records of {n} fan-outs")
@@ -382,6 +383,8 @@ def diffusion_synth(
     min_reward: float = typer.Option(0.0, help="Keep fan-outs scoring above this (and >= their query's median); "
                                                "a negative floor keeps a zero-shot policy's best tries"),
     name: str = typer.Option("", help="Pairs directory under <artifacts>/pairs; default <dataset>-<task>"),
+    fanouts: Optional[Path] = typer.Option(None, help="Score these `r4t fanout record --splits train` samples "
+                                                      "instead of sampling here"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -389,11 +392,12 @@ def diffusion_synth(
     _start(dataset)
     from training.data import default_data_dir, load_dataset
     from training.diffusion.pairs import SynthConfig, synthesize
-    from training.fanout.infer import FanoutLM, SampleConfig
+    from training.fanout.infer import FanoutLM, RecordedLM, SampleConfig
 
     settings = _settings(dataset, artifacts, encoder)
     policy = policy or str(settings.artifacts_dir / "fanout" / f"{dataset}-{task}" / "model")
-    lm = FanoutLM(policy, settings.artifacts_dir, SampleConfig(task=task, dataset=dataset, temperature=temperature))
+    lm = (RecordedLM(fanouts, seed=0) if fanouts else
+          FanoutLM(policy, settings.artifacts_dir, SampleConfig(task=task, dataset=dataset, temperature=temperature)))
     out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-{task}")
     report = synthesize(lm, _reward_model(dataset, task, encoder, artifacts),
                         load_dataset(dataset, data_dir or default_data_dir()), out,

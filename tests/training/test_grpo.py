@@ -88,3 +88,14 @@ def test_recorded_fanouts_replay_what_the_lm_wrote_and_score_like_it(polyvore, e
         replay.sample(queries, 1, seed=7)
     with pytest.raises(KeyError, match="3 needed"):
         replay.sample(queries, 3, seed=0)
+
+
+def test_recorded_lm_can_pin_one_seed(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"meta": {"policy": "p", "n": 2, "seeds": [0]}}\n'
+                    '{"query": "office chic", "seed": 0, "texts": ["[\\"blazer\\", \\"loafers\\"]", "oops"]}\n')
+    pinned = RecordedLM(path, seed=0)
+    [[good, bad]] = pinned.sample(["office chic"], 2, seed=12345)  # a shard's seed: served from seed 0
+    assert good.queries == ("blazer", "loafers") and not bad.ok and "recorded in train.jsonl" in pinned.name
+    with pytest.raises(KeyError):
+        RecordedLM(path).sample(["office chic"], 1, seed=12345)

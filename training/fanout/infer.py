@@ -104,16 +104,21 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
 
 
 class RecordedLM:
-    """Replays fan-outs written by `record_fanouts` behind FanoutLM's `sample` interface."""
+    """Replays fan-outs written by `record_fanouts` behind FanoutLM's `sample` interface.
 
-    def __init__(self, path: Path, k: int = 10):
+    `seed` pins every lookup to one recorded seed: pair synthesis asks for a seed per shard, and any
+    genuine sample of the policy serves it as well.
+    """
+
+    def __init__(self, path: Path, k: int = 10, seed: int | None = None):
         records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         self.meta = records[0].get("meta", {})
-        self.name = self.meta.get("policy", str(path))
-        self.path, self.k = Path(path), k
+        self.name = f"{self.meta.get('policy', '?')} (recorded in {Path(path).name})"
+        self.path, self.k, self.seed = Path(path), k, seed
         self.texts = {(r["query"], r["seed"]): r["texts"] for r in records if "query" in r}
 
     def sample(self, queries: list[str], n: int = 1, seed: int = 0, progress: bool = False) -> list[list[Fanout]]:
+        seed = seed if self.seed is None else self.seed
         out = []
         for q in queries:
             texts = self.texts.get((q, seed), [])
