@@ -7,7 +7,7 @@ import json
 import pytest
 
 from training.fanout.parse import Fanout, parse_fanout
-from training.fanout.prompts import PREFILL, fanout_prompt
+from training.fanout.prompts import PREFILL, example_queries, fanout_prompt
 from training.fanout.rewards import RewardConfig, RewardModel
 
 
@@ -110,3 +110,13 @@ def test_reward_config_weights():
     with pytest.raises(ValueError):
         RewardConfig(task="both")
 
+
+
+def test_copying_the_prompts_worked_example_is_no_fanout():
+    echo = example_queries("polyvore")
+    copied = parse_fanout('<queries>["' + '", "'.join(echo) + '"]</queries>', "boho festival", 10, echo)
+    assert copied == Fanout((), False)  # malformed: pays the format penalty and the full shortfall
+    mixed = parse_fanout('<queries>["silk scarf", "fringe suede boots"]</queries>', "boho festival", 10, echo)
+    assert mixed == Fanout(("fringe suede boots",), True)
+    assert parse_fanout('["boho festival"]', "boho festival", 10, echo) == Fanout((), True)  # an echo of q
+    assert example_queries("polyvore", "paper") == ()

@@ -16,7 +16,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from training.fanout.parse import Fanout, parse_fanout
-from training.fanout.prompts import PREFILL, Task, chat_prompt
+from training.fanout.prompts import PREFILL, Task, chat_prompt, example_queries
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ class FanoutLM:
     def sample(self, queries: list[str], n: int = 1, seed: int = 0, progress: bool = False) -> list[list[Fanout]]:
         """n parsed fan-outs per query."""
         texts = self.generate(queries, n, seed, progress)
-        return [[parse_fanout(t, q, self.cfg.k) for t in group] for q, group in zip(queries, texts)]
+        echo = example_queries(self.cfg.dataset, self.cfg.example)
+        return [[parse_fanout(t, q, self.cfg.k, echo) for t in group] for q, group in zip(queries, texts)]
 
 
 def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int], out: Path,
@@ -115,6 +116,7 @@ class RecordedLM:
         self.meta = records[0].get("meta", {})
         self.name = f"{self.meta.get('policy', '?')} (recorded in {Path(path).name})"
         self.path, self.k, self.seed = Path(path), k, seed
+        self.echo = example_queries(self.meta.get("dataset", ""), self.meta.get("example", "domain"))
         self.texts = {(r["query"], r["seed"]): r["texts"] for r in records if "query" in r}
 
     def sample(self, queries: list[str], n: int = 1, seed: int = 0, progress: bool = False) -> list[list[Fanout]]:
@@ -125,7 +127,7 @@ class RecordedLM:
             if len(texts) < n:
                 raise KeyError(f"{self.path} holds {len(texts)} fan-outs of {q!r} at seed {seed}, {n} needed: "
                                "record the same queries and seeds that the evaluation asks for")
-            out.append([parse_fanout(t, q, self.k) for t in texts[:n]])
+            out.append([parse_fanout(t, q, self.k, self.echo) for t in texts[:n]])
         return out
 
 

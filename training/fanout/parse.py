@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 _TAGGED = re.compile(r"<queries>(.*?)(?:</queries>|$)", re.S)
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
@@ -38,9 +39,12 @@ def _json_list(text: str) -> list | None:
     return value if isinstance(value, list) else None
 
 
-def parse_fanout(text: str, broad_query: str, k: int = 10) -> Fanout:
+def parse_fanout(text: str, broad_query: str, k: int = 10, echo: Iterable[str] = ()) -> Fanout:
     """Completion text (with any prefill prepended) -> Fanout. Example:
     parse_fanout('<queries>["a hat", "A  Hat", "x"]</queries>', "x") == Fanout(("a hat",), True)
+
+    Sub-queries equal to the broad query or to any `echo` string (the prompt's worked example) are
+    dropped: repeating the prompt is not a fan-out. A list of nothing but echoes is malformed.
     """
     body = _THINK.sub("", text if isinstance(text, str) else "")
     tagged = _TAGGED.search(body)
@@ -49,12 +53,15 @@ def parse_fanout(text: str, broad_query: str, k: int = 10) -> Fanout:
         items = _json_list(body)
     if not items or not any(isinstance(item, str) for item in items):
         return Fanout((), False)
-    seen, out = {_key(broad_query)}, []
+    banned = set(map(_key, echo))
+    seen, out, copied = {_key(broad_query)}, [], False
     for item in items:
         if not isinstance(item, str):
             continue
         query = " ".join(item.split())
-        if query and _key(query) not in seen:
+        if _key(query) in banned:
+            copied = True
+        elif query and _key(query) not in seen:
             seen.add(_key(query))
             out.append(query)
-    return Fanout(tuple(out[:k]), True)
+    return Fanout(tuple(out[:k]), bool(out) or not copied)

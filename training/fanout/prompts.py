@@ -75,3 +75,8 @@ def chat_prompt(tokenizer, query: str, task: Task, dataset: str, think: bool = F
     messages = [{"role": "user", "content": fanout_prompt(query, task, dataset, think, k, example)}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text + (PREFILL if prefill and not think else "")
+
+
+def example_queries(dataset: str, example: str = "domain") -> tuple[str, ...]:
+    """The sub-queries the prompt itself shows: a policy that repeats them has fanned out nothing."""
+    return tuple(EXAMPLES[dataset][1]) if example == "domain" and dataset in EXAMPLES else ()
