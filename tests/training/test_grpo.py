@@ -79,7 +79,8 @@ def test_recorded_fanouts_replay_what_the_lm_wrote_and_score_like_it(polyvore, e
     path = tmp_path / "fanouts.jsonl"
     assert record_fanouts(lm, queries + queries[:1], 2, range(cfg.vendi_runs), path, progress=False) == 4
     replay = RecordedLM(path)
-    assert replay.name == DEFAULT_POLICY and replay.meta["n"] == 2 and replay.meta["seeds"] == [0, 1]
+    assert replay.name == f"{DEFAULT_POLICY} (recorded in fanouts.jsonl)"
+    assert replay.meta["n"] == 2 and replay.meta["seeds"] == [0, 1]
     # Exactly the completions the LM samples for that (query, seed), parsed the same way.
     assert replay.sample(queries, 2, seed=1) == lm.sample(queries, 2, seed=1)
     [row] = evaluate([fanout_lm_strategy("replayed", replay, encoder, resolver)], polyvore, cfg, tmp_path)
