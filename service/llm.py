@@ -40,9 +40,10 @@ class OpenAIWriter:
         import httpx
 
         from training.fanout.parse import parse_fanout
-        from training.fanout.prompts import fanout_prompt
+        from training.fanout.prompts import example_queries, fanout_prompt
 
         self.httpx, self.parse, self.prompt = httpx, parse_fanout, fanout_prompt
+        self.echo = example_queries(settings.dataset)  # a model that repeats the prompt's example wrote nothing
         self.url, self.model, self.dataset, self.task = settings.llm_url.rstrip("/"), settings.llm_model, \
             settings.dataset, task
         self.name, self.concurrency = f"openai:{self.model or self.url}", 8
@@ -59,7 +60,7 @@ class OpenAIWriter:
             text = response.json()["choices"][0]["message"]["content"] or ""
         except (self.httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             raise LLMUnavailable(f"LLM endpoint {self.url}: {exc}") from exc
-        return _or_query(self.parse(text, query, k).queries, query, k)
+        return _or_query(self.parse(text, query, k, self.echo).queries, query, k)
 
     def write(self, queries: list[str], k: int, seed: int) -> list[list[str]]:
         return list(self.pool.map(lambda q: self._one(q, k, seed), queries))

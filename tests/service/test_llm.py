@@ -89,5 +89,9 @@ def test_openai_endpoint_backs_the_llm_strategy(settings, index_copy, chat_serve
         body = client.post("/fanout", json={"query": "office chic", "strategy": "llm"}).json()
         assert body["subqueries"] == ["office chic"] and body["items"]
 
+        chat_server.answer = '["camel wool coat", "silk scarf", "velvet blazer"]'  # the prompt's example is no fan-out
+        body = client.post("/fanout", json={"query": "office chic", "strategy": "llm"}).json()
+        assert body["subqueries"] == ["velvet blazer"]
+
         chat_server.answer = None  # the endpoint fails: 503, not 500
         assert_problem(client.post("/fanout", json={"query": "office chic", "strategy": "llm"}), 503)
