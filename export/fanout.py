@@ -133,14 +133,12 @@ def convert_precision(model: Path, precision: str) -> None:
 
         graph = onnx.load(model)
         _untranspose_gemm_weights(graph)
-        staged, source = model.with_name("int8.onnx"), model.with_name("fp32.onnx")
-        onnx.save(graph, source)
+        staged = model.with_name("int8.onnx")
         # The encoder's MatMuls hold nearly all of the bytes and time; the denoiser stays fp32. Shape
         # inference cannot type every traced output; they are all float32.
         encoder = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith("/encoder/")]
-        quantize_dynamic(source, staged, weight_type=QuantType.QInt8, nodes_to_quantize=encoder,
+        quantize_dynamic(graph, staged, weight_type=QuantType.QInt8, nodes_to_quantize=encoder,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        source.unlink()
         staged.replace(model)
     elif precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
