@@ -9,14 +9,13 @@ Reports the provider that actually ran, since onnxruntime-gpu lists CUDA even wh
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from loadtests.bench import machine  # noqa: F401  (re-exported: the report header)
 from service.graph import FanoutGraph
 
 
@@ -84,17 +83,6 @@ def bench_graph(directory: Path, queries: list[str], cfg: GraphBenchConfig) -> l
             "ms_per_query": round(float(p50) / batch, 4), "qps": round(batch * 1000 / float(p50), 1),
         })
     return rows
-
-
-def machine() -> str:
-    """The processor and the GPU, when one is visible, in words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[Path]:
