@@ -259,6 +259,7 @@ def fanout_train(
     bf16: bool = typer.Option(False, help="bfloat16 autocast (only where the CPU has native bf16)"),
     save_steps: int = typer.Option(10, help="Checkpoint every N steps; a rerun resumes from the newest"),
     val_queries: int = typer.Option(64, help="Held-out intents for the before/after reward"),
+    device: str = typer.Option("cpu", help="cpu | cuda: where the policy generates and trains"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -271,7 +272,7 @@ def fanout_train(
     rewards = _reward_model(dataset, task, encoder, artifacts, depth)
     cfg = RLConfig(policy=policy, steps=steps, prompts_per_step=prompts_per_step, group=group,
                    micro_batch=micro_batch, lr=lr, beta=beta, temperature=temperature, lora=lora, bf16=bf16,
-                   save_steps=save_steps, val_queries=val_queries)
+                   save_steps=save_steps, val_queries=val_queries, device=device)
     out = settings.artifacts_dir / "fanout" / (name or f"{dataset}-{task}")
     report = train_grpo(cfg, rewards, load_dataset(dataset, data_dir or default_data_dir()),
                         settings.artifacts_dir, out)
@@ -316,6 +317,7 @@ def fanout_record(
     temperature: float = typer.Option(0.8, help="0.8 as `r4t eval` samples; 0.9 as `r4t diffusion synth`"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 (GPUs, CPUs with native bf16)"),
+    batch_size: int = typer.Option(0, help="Sequences per generate call; default 320 on cuda, 32 on cpu"),
     out: Path = typer.Option(..., help="JSON-lines file to write"),
     data_dir: Optional[Path] = DATA_OPT,
     artifacts: Optional[Path] = ARTIFACTS_OPT,
@@ -329,7 +331,7 @@ def fanout_record(
     queries = [s.intent for split in splits.split(",") for s in ds.split(split)[: max_queries or None]]
     lm = FanoutLM(policy, _settings(dataset, artifacts).artifacts_dir,
                   SampleConfig(dataset=dataset, temperature=temperature, dtype=dtype, device=device,
-                               batch_size=320 if device == "cuda" else 32))
+                               batch_size=batch_size or (320 if device == "cuda" else 32)))
     lines = record_fanouts(lm, queries, n, range(runs), out)
     typer.echo(f"{out}: {lines} (query, seed) records of {n} fan-outs")
 

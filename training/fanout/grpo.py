@@ -50,6 +50,7 @@ class RLConfig:
     val_queries: int = 64  # held-out intents for the before/after reward
     val_samples: int = 4  # fan-outs per held-out intent
     seed: int = 0
+    device: str = "cpu"  # or "cuda": where the policy generates and trains (the reward retriever stays on CPU)
 
     def __post_init__(self):
         if (self.prompts_per_step * self.group) % self.micro_batch:
@@ -59,7 +60,8 @@ class RLConfig:
 
     def sample_config(self, reward: RewardConfig, dataset: str) -> SampleConfig:
         return SampleConfig(task=reward.task, dataset=dataset, k=reward.k, temperature=self.temperature,
-                            max_new_tokens=self.max_new_tokens, dtype="bfloat16" if self.bf16 else "float32")
+                            max_new_tokens=self.max_new_tokens, dtype="bfloat16" if self.bf16 else "float32",
+                            device=self.device)
 
 
 def reward_functions(rewards: RewardModel, echo: tuple[str, ...] = ()) -> tuple[list, list[float]]:
@@ -142,6 +144,14 @@ def _curves_on_save(out_dir: Path):
     return CurvesOnSave()
 
 
+def _device_name(device: str) -> str:
+    import torch
+
+    from loadtests.bench import machine
+
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else machine()
+
+
 def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_dir: Path, out_dir: Path) -> dict:
     """Run GRPO; the tuned policy lands in out_dir/model (HF checkpoint), the report in out_dir."""
     from datasets import Dataset as HFDataset
@@ -151,8 +161,10 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     resume = any(ckpt_dir.glob("checkpoint-*"))
-    # `steps` may grow between runs (resume and go on); any other change needs a new run directory.
-    config = {"rl": {**asdict(cfg), "steps": None}, "reward": asdict(rewards.cfg), "dataset": dataset.name,
+    # `steps` may grow between runs (resume and go on), `device` may change (same algorithm on other
+    # hardware); any other change needs a new run directory.
+    rl = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    config = {"rl": {**rl, "steps": None}, "reward": asdict(rewards.cfg), "dataset": dataset.name,
               "parse": {"drop_prompt_example": True}}
     config_file = out_dir / "rl_config.json"
     if resume and config_file.exists() and json.loads(config_file.read_text()) != config:
@@ -183,7 +195,8 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
         per_device_train_batch_size=cfg.micro_batch,
         gradient_accumulation_steps=cfg.prompts_per_step * cfg.group // cfg.micro_batch,
         num_generations=cfg.group, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
-        beta=cfg.beta, epsilon=cfg.epsilon, reward_weights=weights, use_cpu=True, bf16=cfg.bf16,
+        beta=cfg.beta, epsilon=cfg.epsilon, reward_weights=weights, use_cpu=cfg.device == "cpu",
+        bf16=cfg.bf16,
         logging_steps=1, save_steps=cfg.save_steps, save_total_limit=2, report_to="none",
         gradient_checkpointing=False,  # TRL turns it on; a 135M model fits, and recomputation costs CPU time
         disable_tqdm=False, remove_unused_columns=False,
@@ -216,6 +229,7 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
         "dataset": dataset.name, "policy": cfg.policy, "base_path": resolve_policy(cfg.policy, artifacts_dir),
         "steps": trainer.state.global_step, "prompts_per_step": cfg.prompts_per_step, "group": cfg.group,
         "completions_per_step": cfg.prompts_per_step * cfg.group, "train_seconds": round(seconds, 1),
+        "device": _device_name(cfg.device),
         "resumed": resume, "heldout_before": before, "heldout_after": after, "config": config,
     }
     write_json_atomic(report_file, report)
