@@ -27,7 +27,7 @@ fanout_app = typer.Typer(help="Step (i): the fan-out LM and its GRPO training.",
 app.add_typer(fanout_app, name="fanout")
 
 DATASETS = ("polyvore", "mpd")
-STRATEGIES = ("single", "mmr", "neighbours", "zero-shot", "best-of-5", "folm", "diffusion")
+STRATEGIES = ("single", "mmr", "neighbours", "zero-shot", "best-of-5", "folm", "diffusion", "graph")
 DEFAULT_POLICY = "smollm2-135m-instruct"  # = training.fanout.policy.DEFAULT_POLICY, without importing torch
 
 
@@ -187,6 +187,9 @@ def evaluate(
     diffusion_model: str = typer.Option("", help="Set denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
     steps: int = typer.Option(4, help="Sampler steps of the diffusion strategy"),
     guidance: float = typer.Option(1.0, help="Classifier-free guidance weight of the diffusion strategy"),
+    graphs: str = typer.Option("", help="`graph` strategy: comma-separated exported graphs under "
+                                        "<artifacts>/graphs (or paths), run by ONNX Runtime with the "
+                                        "diffusion strategy's noise"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where the tables go"),
@@ -235,7 +238,17 @@ def evaluate(
                     "diffusion": lambda: ev.diffusion_strategy(f"R4T-Diffusion ({steps} steps)",
                                                                load_denoiser(diffusion_model), enc, res, steps,
                                                                guidance)}
-        rows += [builders[s]() for s in names]
+        def graph_rows() -> list:
+            from service.graph import FanoutGraph
+
+            if not graphs:
+                raise typer.BadParameter("the graph strategy needs --graphs")
+            found = [FanoutGraph(Path(g) if "/" in g else settings.artifacts_dir / "graphs" / g)
+                     for g in graphs.split(",")]
+            return [ev.graph_strategy(f"ONNX {g.directory.name} ({g.manifest.precision}, {g.info.steps} steps)",
+                                      g, enc, res) for g in found]
+
+        rows += [row for s in names for row in (graph_rows() if s == "graph" else [builders[s]()])]
     ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
     typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
 

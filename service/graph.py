@@ -44,10 +44,15 @@ class FanoutGraph:
 
     def run(self, batch: list[tuple[str, int]]) -> list[GraphOutput]:
         """One session run for a batch of (text, seed)."""
-        encodings = self.tokenizer.encode_batch([text for text, _ in batch])
+        noise = np.stack([self.noise(seed) for _, seed in batch])
+        z, fanout = self.run_noise([text for text, _ in batch], noise)
+        return [GraphOutput(z[i], fanout[i]) for i in range(len(batch))]
+
+    def run_noise(self, texts: list[str], noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One session run with the caller's (B, L, d) noise -> (query embeddings (B, d), fan-outs (B, L, d))."""
+        encodings = self.tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-        noise = np.stack([self.noise(seed) for _, seed in batch])
-        z, fanout = self.session.run(["query_embedding", "fanout"],
-                                     {"input_ids": ids, "attention_mask": mask, "noise": noise})
-        return [GraphOutput(z[i], fanout[i]) for i in range(len(batch))]
+        z, fanout = self.session.run(["query_embedding", "fanout"], {"input_ids": ids, "attention_mask": mask,
+                                                                     "noise": np.asarray(noise, np.float32)})
+        return z, fanout

@@ -192,6 +192,20 @@ def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolve
     return Strategy(name, run, encoder, resolver, stochastic=True)
 
 
+def graph_strategy(name: str, graph, encoder: OnnxEncoder, resolver: Resolver, batch: int = 64) -> Strategy:
+    """R4T-Diffusion through an exported graph (`service.graph.FanoutGraph`, ONNX Runtime), fed the same
+    seeded noise as `diffusion_strategy`, so the two rows differ only by the export's numerics."""
+    import torch
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        noise = torch.randn(len(queries), graph.rows, graph.dim, generator=torch.Generator().manual_seed(seed))
+        fanout = np.concatenate([graph.run_noise(queries[i : i + batch], noise[i : i + batch].numpy())[1]
+                                 for i in range(0, len(queries), batch)])
+        return retrieve_blocks(resolver, list(fanout), n)
+
+    return Strategy(name, run, encoder, resolver, stochastic=True)
+
+
 def retrieve_blocks(resolver: Resolver, blocks: list[np.ndarray], n: int) -> list[Retrieval]:
     """Each query's (m, D) fan-out vectors -> one Retrieval, through ONE `resolve_many` call.
 

@@ -105,3 +105,19 @@ def test_bench_graph_times_every_batch_and_writes_report(artifact, polyvore, tmp
     files = write_report(rows, {"dataset": "polyvore", "machine": machine(), "command": "test"}, tmp_path, "g")
     assert [f.name for f in files] == ["g.json", "g.md", "g.png"] and all(f.stat().st_size > 0 for f in files)
     assert "| polyvore | fp32 | 2 | CPU | 3 |" in files[1].read_text()
+
+
+def test_graph_strategy_scores_what_the_torch_sampler_scores(artifact, denoiser, encoder, resolver, polyvore):
+    """`r4t eval --strategies diffusion,graph`: same seed, same noise, so only the export's numerics differ."""
+    from training.evaluate import diffusion_strategy, graph_strategy
+
+    out, _ = artifact
+    queries = [s.intent for s in polyvore.sets[:6]]
+    qv = encoder.encode(queries)
+    torch_rows = diffusion_strategy("torch", denoiser, encoder, resolver, steps=2, guidance=2.0).run(queries, qv, 20, 3)
+    graph = graph_strategy("onnx", FanoutGraph(out), encoder, resolver, batch=4).run(queries, qv, 20, 3)
+    cos = [np.sum(a.vectors * b.vectors, axis=-1).min() for a, b in zip(torch_rows, graph)]
+    assert min(cos) > 0.999
+    assert sum(a.items == b.items for a, b in zip(torch_rows, graph)) >= 5  # a near-tie may swap one ranking
+    other = graph_strategy("onnx", FanoutGraph(out), encoder, resolver).run(queries, qv, 20, 4)
+    assert any(a.items != b.items for a, b in zip(graph, other))  # the seed is the only randomness
