@@ -35,7 +35,11 @@ class FanoutUser(FastHttpUser):
     def __init__(self, environment):
         super().__init__(environment)
         users = max(1, environment.parsed_options.num_users if environment.parsed_options else 1)
-        self.wait_time = constant_throughput(RATE / users) if RATE > 0 else constant(0)
+        # locust's wait functions take the user as argument (they are meant as class attributes)
+        self._pace = constant_throughput(RATE / users) if RATE > 0 else constant(0)
+
+    def wait_time(self) -> float:
+        return self._pace(self)
 
     @task
     def fanout(self):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loadtests.bench import batch_sweep, closed_loop, parse_server_timing, start_server, stop_server
+from loadtests.bench import batch_sweep, closed_loop, locust_run, parse_server_timing, start_server, stop_server
 
 
 def test_parse_server_timing():
@@ -32,3 +32,10 @@ def test_closed_loop_and_batch_sweep_measure_every_request(server, polyvore):
     rows = batch_sweep(server, {"strategy": "diffusion"}, queries, [1, 4], repeats=1)
     assert [r["batch"] for r in rows] == [1, 4] and all(r["median_ms"] > 0 for r in rows)
     json.dumps(run)  # the report is plain JSON
+
+
+def test_open_loop_users_keep_pacing(server, tmp_path):
+    """4 users at 8 requests/s for 3 s: each user sends again after its first answer (≈ 24, not 4)."""
+    step = locust_run(server, "single", 8.0, 4, 3, "polyvore", tmp_path)
+    assert step["failures"] == 0 and step["requests"] > 2 * 4
+    assert step["requests"] <= 8 * 3 + 4  # paced: at most the rate's share plus the first burst
