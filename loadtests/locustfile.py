@@ -16,8 +16,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import threading
 
+import gevent
 from locust import FastHttpUser, constant, constant_throughput, events, task
 
 from loadtests.bench import intents, parse_server_timing
@@ -37,6 +39,12 @@ class FanoutUser(FastHttpUser):
         users = max(1, environment.parsed_options.num_users if environment.parsed_options else 1)
         # locust's wait functions take the user as argument (they are meant as class attributes)
         self._pace = constant_throughput(RATE / users) if RATE > 0 else constant(0)
+        self._period = users / RATE if RATE > 0 else 0.0
+
+    def on_start(self):
+        # Open loop: start each user at a random phase of its period, so the users' arrivals spread
+        # over time instead of landing together in bursts of `users` requests every period.
+        gevent.sleep(random.uniform(0, self._period))
 
     def wait_time(self) -> float:
         return self._pace(self)
