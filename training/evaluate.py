@@ -173,6 +173,13 @@ def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, 
     return strategy
 
 
+def seeded_noise(batch: int, rows: int, dim: int, seed: int):
+    """The (B, L, d) starting noise of one eval run: the torch sampler and the exported graph share it."""
+    import torch
+
+    return torch.randn(batch, rows, dim, generator=torch.Generator().manual_seed(seed))
+
+
 def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolver, steps: int,
                        guidance: float = 1.0, method: str = "euler") -> Strategy:
     """R4T-Diffusion: the set denoiser samples L fan-out vectors from the query embedding in one pass."""
@@ -184,7 +191,7 @@ def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolve
     sigmas = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max)
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
-        noise = torch.randn(len(qv), cfg.rows, cfg.dim, generator=torch.Generator().manual_seed(seed))
+        noise = seeded_noise(len(qv), cfg.rows, cfg.dim, seed)
         with torch.no_grad():
             fanout = sample(model, torch.from_numpy(qv), noise, sigmas, guidance, method).numpy()
         return retrieve_blocks(resolver, list(fanout), n)
@@ -195,10 +202,9 @@ def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolve
 def graph_strategy(name: str, graph, encoder: OnnxEncoder, resolver: Resolver, batch: int = 64) -> Strategy:
     """R4T-Diffusion through an exported graph (`service.graph.FanoutGraph`, ONNX Runtime), fed the same
     seeded noise as `diffusion_strategy`, so the two rows differ only by the export's numerics."""
-    import torch
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
-        noise = torch.randn(len(queries), graph.rows, graph.dim, generator=torch.Generator().manual_seed(seed))
+        noise = seeded_noise(len(queries), graph.rows, graph.dim, seed)
         fanout = np.concatenate([graph.run_noise(queries[i : i + batch], noise[i : i + batch].numpy())[1]
                                  for i in range(0, len(queries), batch)])
         return retrieve_blocks(resolver, list(fanout), n)

@@ -111,7 +111,6 @@ def test_reward_config_weights():
         RewardConfig(task="both")
 
 
-
 def test_copying_the_prompts_worked_example_is_no_fanout():
     echo = example_queries("polyvore")
     copied = parse_fanout('<queries>["' + '", "'.join(echo) + '"]</queries>', "boho festival", 10, echo)

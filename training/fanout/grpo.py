@@ -25,7 +25,7 @@ from training.data import Dataset
 from training.fanout.infer import FanoutLM, SampleConfig
 from training.fanout.parse import parse_fanout
 from training.fanout.policy import DEFAULT_POLICY, resolve_policy
-from training.fanout.prompts import PREFILL, example_queries
+from training.fanout.prompts import PREFILL
 from training.fanout.rewards import TERMS, RewardConfig, RewardModel
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
         "query": [s.intent for s in train_sets],
         "reference": [list(s.item_ids) for s in train_sets],
     })
-    funcs, weights = reward_functions(rewards, example_queries(dataset.name, sample_cfg.example))
+    funcs, weights = reward_functions(rewards, lm.echo)
     args = GRPOConfig(
         output_dir=str(ckpt_dir), max_steps=cfg.steps, learning_rate=cfg.lr, seed=cfg.seed,
         per_device_train_batch_size=cfg.micro_batch,

@@ -46,6 +46,11 @@ class FanoutLM:
         self.lm.to(cfg.device)
         self.generated_tokens, self.generate_seconds = 0, 0.0
 
+    @property
+    def echo(self) -> tuple[str, ...]:
+        """The prompt's worked example: sub-queries the parser drops like echoes of the query."""
+        return example_queries(self.cfg.dataset, self.cfg.example)
+
     def prompts(self, queries: list[str]) -> list[str]:
         c = self.cfg
         return [chat_prompt(self.tokenizer, q, c.task, c.dataset, c.think, c.k, c.prefill, c.example)
@@ -82,8 +87,7 @@ class FanoutLM:
     def sample(self, queries: list[str], n: int = 1, seed: int = 0, progress: bool = False) -> list[list[Fanout]]:
         """n parsed fan-outs per query."""
         texts = self.generate(queries, n, seed, progress)
-        echo = example_queries(self.cfg.dataset, self.cfg.example)
-        return [[parse_fanout(t, q, self.cfg.k, echo) for t in group] for q, group in zip(queries, texts)]
+        return [[parse_fanout(t, q, self.cfg.k, self.echo) for t in group] for q, group in zip(queries, texts)]
 
 
 def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int], out: Path,
