@@ -51,7 +51,8 @@ def start_server(env: dict[str, str], log_path: Path, timeout_s: float = 300) ->
     """The service in its own process on loopback, once `/readyz` answers 200."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--no-access-log"]
+           "--port", str(port), "--log-level", "warning", "--no-access-log",
+           "--timeout-keep-alive", "75"]  # longer than any idle gap of the client's pooled connections
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log_path.open("wb"),
                             stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -213,7 +214,9 @@ def latency(
             typer.echo(f"{name}: {requests} requests ...")
             report["strategies"][name] = closed_loop(url, {**body, "strategy": name}, queries, concurrency)
             run = report["strategies"][name]
-            typer.echo(f"  p50 {run['p50_ms']} ms, p95 {run['p95_ms']} ms")
+            typer.echo(f"  p50 {run['p50_ms']} ms, p95 {run['p95_ms']} ms, {run['errors']} errors")
+            if run["errors"] == run["requests"]:
+                raise typer.BadParameter(f"every {name} request failed: is the strategy configured?")
         sizes = [int(x) for x in batch_sizes.split(",") if x]
         for name in filter(None, batch_strategies.split(",")) if sizes else []:
             report["batch_sweep"][name] = batch_sweep(url, {**body, "strategy": name}, queries, sizes, repeats)
@@ -227,54 +230,116 @@ def latency(
 
 
 
-def locust_run(url: str, strategy: str, rate: float, users: int, seconds: int, dataset: str, workdir: Path) -> dict:
-    """One headless locust run; its aggregated stats (client side) and the service's stage times."""
-    prefix = workdir / f"{strategy}-{rate:g}"
+def process_cpu_s(pid: Optional[int]) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc); 0 when unknown."""
+    stat = Path(f"/proc/{pid}/stat")
+    if pid is None or not stat.exists():
+        return 0.0
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def locust_run(url: str, strategy: str, rate: float, seconds: int, dataset: str, workdir: Path, users: int = 1,
+               server_pid: Optional[int] = None) -> dict:
+    """One headless locust run: open loop at `rate` requests/s (one dispatching user), or closed loop with
+    `users` users when rate is 0. Client-side latency from locust's stats, the service's stage times, the
+    dispatcher's lag behind schedule, and the CPU both sides spent."""
+    prefix = workdir / f"{strategy}-{rate:g}-{users}"
     env = {**os.environ, "R4T_STRATEGY": strategy, "R4T_RATE": str(rate), "R4T_DATASET": dataset,
-           "R4T_STAGES_OUT": f"{prefix}-stages.json", "PYTHONPATH": str(ROOT)}
+           "R4T_STAGES_OUT": f"{prefix}-record.json", "PYTHONPATH": str(ROOT)}
+    n_users = 1 if rate > 0 else users
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-           "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
-           "--only-summary", "--stop-timeout", "10"]
-    subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, timeout=seconds + 120)
+           "-u", str(n_users), "-r", str(n_users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+           "--only-summary", "--stop-timeout", "30"]
+    cpu_before = process_cpu_s(server_pid)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=False, capture_output=True, timeout=seconds + 240)
+    server_cpu = process_cpu_s(server_pid) - cpu_before
     with open(f"{prefix}_stats.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    agg = next(r for r in rows if r["Name"] == "Aggregated")
-    stages = json.loads(Path(f"{prefix}-stages.json").read_text()) if Path(f"{prefix}-stages.json").exists() else {}
-    n = int(agg["Request Count"])
-    return {"strategy": strategy, "target_rps": rate, "users": users, "seconds": seconds, "requests": n,
-            "failures": int(agg["Failure Count"]), "error_rate": round(int(agg["Failure Count"]) / max(n, 1), 4),
-            "rps": round(float(agg["Requests/s"]), 2),
+        agg = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
+    record = json.loads(Path(f"{prefix}-record.json").read_text())
+    n, failures, dropped = int(agg["Request Count"]), int(agg["Failure Count"]), record["dropped"]
+    lag = record["lag_ms"]
+    return {"strategy": strategy, "target_rps": rate, "users": n_users, "seconds": seconds, "requests": n,
+            "failures": failures, "dropped": dropped, "error_rate": round((failures + dropped) / max(n + dropped, 1), 4),
+            "rps": round(float(agg["Requests/s"]), 3),
             **{f"p{p}_ms": float(agg[f"{p}%"]) for p in ("50", "95", "99")},
-            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in stages.items() if v}}
+            "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in record["stages"].items() if v},
+            "dispatch_lag_p99_ms": round(float(np.percentile(lag, 99)), 2) if lag else None,
+            "client_cpu_s": record["client_cpu_s"],
+            "server_cpu_ms_per_request": round(1e3 * server_cpu / n, 2) if server_pid and n else None}
 
 
-def write_load_report(report: dict, strategies: list[str], out: Path) -> None:
-    """<out>.json, a markdown table per step and a latency-vs-load plot."""
+def probe(url: str, strategy: str, queries: list[str], seconds: float = 10.0, most: int = 50,
+          warmup_s: float = 0.0) -> dict:
+    """Closed loop at concurrency 1 for about `seconds` (3 to `most` requests): the strategy's QPS and
+    p50 with no queueing, which the open-loop rates are scaled by. The first `warmup_s` seconds of
+    requests are not counted (a fresh server's index pages are still on disk)."""
+    times = []
+    with httpx.Client(timeout=120) as client:
+        started, i = time.perf_counter(), 0
+        while i == 0 or time.perf_counter() - started < warmup_s:
+            client.post(f"{url}/fanout", json={"query": queries[i % len(queries)], "strategy": strategy})
+            i += 1
+        started = time.perf_counter()
+        while len(times) < most and (len(times) < 3 or time.perf_counter() - started < seconds):
+            t = time.perf_counter()
+            client.post(f"{url}/fanout", json={"query": queries[len(times) + 1], "strategy": strategy,
+                                               "seed": len(times)}).raise_for_status()
+            times.append(time.perf_counter() - t)
+    return {"qps": round(len(times) / (time.perf_counter() - started), 3), "p50_ms": round(1e3 * float(np.median(times)), 2)}
+
+
+def write_load_report(report: dict, out: Path) -> None:
+    """<out>.json, markdown tables (steps, saturation, sustained run) and latency/throughput vs load plots."""
     dataset, steps = report["dataset"], report["steps"]
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# /fanout under open-loop load on {dataset} ({report['items']:,} items)", "",
-             f"Machine: {report['machine']}; provider {report['provider']}; locust, {report['users']} users. "
-             f"Command: `{report['command']}`", "",
-             "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms "
-             "| stages p50 (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in steps:
+             f"Machine: {report['machine']}; ONNX Runtime provider {report['provider']}; the load generator (locust, "
+             f"one user dispatching Poisson arrivals) shares the machine with the service. Command: "
+             f"`{report['command']}`", "",
+             "Each strategy is first probed closed-loop at concurrency 1; open-loop rates are fractions of that QPS. "
+             "A step stops the sweep when it has errors (non-200 answers or arrivals dropped at the client's "
+             f"in-flight cap) or its p50 passes {report['saturated_p50_factor']:g}× the probe's p50 (queueing).", "",
+             "| strategy | probe QPS (c=1) | probe p50 ms | saturation QPS | step |", "|---|---|---|---|---|"]
+    for name, sat in report["saturation"].items():
+        lines.append(f"| {name} | {sat['probe_qps']} | {sat['probe_p50_ms']} | {sat['qps']} | "
+                     f"{sat['at_target_rps']:g} rps target |")
+    lines += ["", "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms | server CPU ms/req "
+              "| client CPU s | dispatch lag p99 ms | stages p50 (ms) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [*steps, *([report["sustained"]] if report.get("sustained") else [])]
+    for s in rows:
         stages = ", ".join(f"{k} {v}" for k, v in s["stages_p50_ms"].items())
-        lines.append(f"| {s['strategy']} | {s['target_rps']:g} | {s['rps']} | {s['requests']} | {s['failures']} | "
-                     f"{s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | {stages} |")
+        tag = f" ({s['seconds']} s sustained)" if s is report.get("sustained") else ""
+        lines.append(f"| {s['strategy']}{tag} | {s['target_rps']:g} | {s['rps']} | {s['requests']} | "
+                     f"{s['failures'] + s['dropped']} | {s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | "
+                     f"{s['server_cpu_ms_per_request']} | {s['client_cpu_s']} | {s['dispatch_lag_p99_ms']} | {stages} |")
+    sustained = report.get("sustained")
+    if sustained:
+        ok = sustained["p99_ms"] <= report["sustain_p99_ms"] and sustained["failures"] + sustained["dropped"] == 0
+        lines += ["", f"Sustained: {sustained['strategy']} at {sustained['target_rps']:g} requests/s for "
+                  f"{sustained['seconds']} s: {sustained['requests']} requests, p99 {sustained['p99_ms']:g} ms, "
+                  f"{sustained['failures'] + sustained['dropped']} errors: "
+                  f"{'meets' if ok else 'misses'} p99 ≤ {report['sustain_p99_ms']:g} ms with 0 errors."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in strategies:
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in report["saturation"]:
         mine = [s for s in steps if s["strategy"] == name]
         for p, style in (("p50", "-o"), ("p99", "--x")):
-            ax.plot([s["rps"] for s in mine], [s[f"{p}_ms"] for s in mine], style, label=f"{name} {p}")
-    ax.set(xlabel="achieved requests/s", ylabel="latency (ms)", yscale="log", title="/fanout latency vs load")
-    ax.legend()
+            lat.plot([s["target_rps"] for s in mine], [s[f"{p}_ms"] for s in mine], style, label=f"{name} {p}")
+        thr.plot([s["target_rps"] for s in mine], [s["rps"] for s in mine], "-o", label=name)
+    lat.set(xscale="log", yscale="log", xlabel="offered load (requests/s, Poisson)", ylabel="latency (ms)",
+            title="/fanout latency vs load")
+    thr.plot(*[[min(s["target_rps"] for s in steps), max(s["target_rps"] for s in steps)]] * 2, ":", color="grey",
+             label="achieved = offered")
+    thr.set(xscale="log", yscale="log", xlabel="offered load (requests/s)", ylabel="achieved requests/s",
+            title="throughput")
+    for ax in (lat, thr):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
 
@@ -282,38 +347,68 @@ def write_load_report(report: dict, strategies: list[str], out: Path) -> None:
 @app.command()
 def load(
     dataset: str = typer.Option("mpd", help="polyvore | mpd: whose val/test intents are sent"),
-    strategies: str = typer.Option("diffusion,single", help="Comma-separated /fanout strategies"),
-    rates: str = typer.Option("25,50,100,200", help="Arrival rates (requests/s) to try, ascending"),
-    users: int = typer.Option(64, help="Locust users: enough that slow answers do not hold the rate back"),
-    seconds: int = typer.Option(20, help="Duration of each step"),
+    strategies: str = typer.Option("single,diffusion", help="Comma-separated /fanout strategies"),
+    fractions: str = typer.Option("0.25,0.5,1,1.5,2,3", help="Offered rates as fractions of each strategy's "
+                                                            "closed-loop QPS at concurrency 1, ascending"),
+    seconds: int = typer.Option(20, help="Shortest duration of a step"),
+    min_requests: int = typer.Option(20, help="Steps last long enough for this many arrivals ..."),
+    max_seconds: int = typer.Option(120, help="... but no longer than this"),
+    saturated_p50_factor: float = typer.Option(3.0, help="A step whose p50 passes this × the probe's p50 is saturated"),
+    warmup_s: float = typer.Option(30.0, help="Uncounted closed-loop requests per strategy before its probe"),
+    sustain_strategy: str = typer.Option("diffusion", help="Strategy of the sustained run ('' = none)"),
+    sustain_p99_ms: float = typer.Option(50.0, help="The sustained run's rate is the highest step with this p99"),
+    sustain_seconds: int = typer.Option(60, help="Duration of the sustained run"),
     url: Optional[str] = typer.Option(None, help="A running service; default: start one on loopback"),
     out: Path = typer.Option(Path("results/service_load"), help="Output prefix (.json, .md, .png)"),
 ) -> None:
-    """Open-loop load per strategy at ascending rates (stopping after the first step with errors or a
-    p99 over 1 s): achieved QPS, p50/p95/p99 and error rate per step."""
+    """Open-loop load per strategy at rising Poisson arrival rates until it saturates: achieved QPS,
+    p50/p95/p99, errors; then a sustained run at the highest rate whose p99 met the target."""
     proc = None
     workdir = Path(tempfile.mkdtemp(prefix="r4t-load-"))
     if url is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         proc, url = start_server({"R4T_DATASET": dataset, "HF_HUB_OFFLINE": "1"}, workdir / "server.log")
-    steps = []
+    pid = proc.pid if proc else None
+    steps, saturation, sustained = [], {}, None
     try:
         info = httpx.get(f"{url}/info", timeout=10).json()
+        queries = intents(dataset, 200)
         for name in strategies.split(","):
-            for rate in (float(r) for r in rates.split(",")):
-                step = locust_run(url, name, rate, users, seconds, dataset, workdir)
-                typer.echo(f"{name} @ {rate:g}/s: {step['rps']} rps, p50 {step['p50_ms']} p99 {step['p99_ms']} ms, "
-                           f"{step['failures']} failures")
-                steps.append(step)
-                if step["failures"] or step["p99_ms"] > 1000:
+            base = probe(url, name, queries, warmup_s=warmup_s)
+            typer.echo(f"{name}: closed loop {base['qps']} QPS, p50 {base['p50_ms']} ms")
+            mine = []
+            for fraction in (float(f) for f in fractions.split(",")):
+                rate = round(fraction * base["qps"], 3)
+                duration = int(min(max(seconds, np.ceil(min_requests / rate)), max_seconds))
+                step = locust_run(url, name, rate, duration, dataset, workdir, server_pid=pid)
+                mine.append(step)
+                typer.echo(f"  {rate:g}/s for {duration} s: {step['rps']} rps, p50 {step['p50_ms']:g} p99 "
+                           f"{step['p99_ms']:g} ms, {step['failures']} failures, {step['dropped']} dropped")
+                if step["failures"] or step["dropped"] or step["p50_ms"] > saturated_p50_factor * base["p50_ms"]:
                     break
+            clean = [s for s in mine if not (s["failures"] or s["dropped"])] or mine
+            best = max(clean, key=lambda s: s["rps"])
+            saturation[name] = {"probe_qps": base["qps"], "probe_p50_ms": base["p50_ms"], "qps": best["rps"],
+                                "at_target_rps": best["target_rps"]}
+            steps += mine
+        held = sorted((s for s in steps if s["strategy"] == sustain_strategy and s["p99_ms"] <= sustain_p99_ms
+                       and not (s["failures"] or s["dropped"])), key=lambda s: -s["target_rps"])
+        for step in held[:3]:  # the highest rate first; a lower one if the long run misses the target
+            sustained = locust_run(url, sustain_strategy, step["target_rps"], sustain_seconds, dataset, workdir,
+                                   server_pid=pid)
+            typer.echo(f"sustained {sustain_strategy} at {step['target_rps']:g}/s: p99 {sustained['p99_ms']:g} ms, "
+                       f"{sustained['failures'] + sustained['dropped']} errors")
+            if sustained["p99_ms"] <= sustain_p99_ms and not (sustained["failures"] or sustained["dropped"]):
+                break
     finally:
         if proc is not None:
             stop_server(proc)
-    report = {"dataset": dataset, "items": info["items"], "provider": info["provider"], "users": users,
-              "machine": machine(), "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]),
-              "steps": steps}
-    write_load_report(report, strategies.split(","), out)
+    report = {"dataset": dataset, "items": info["items"], "provider": info["provider"],
+              "graph": (info.get("graph") or {}).get("path"), "machine": machine(),
+              "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]),
+              "saturated_p50_factor": saturated_p50_factor, "sustain_p99_ms": sustain_p99_ms,
+              "saturation": saturation, "steps": steps, "sustained": sustained}
+    write_load_report(report, out)
     typer.echo(f"wrote {out}.json, .md, .png")
 
 

@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def make_session(model: Path, device: str = "cpu", threads: int = 0) -> ort.InferenceSession:
+def make_session(model: Path, device: str = "cpu", threads: int = 0, spin: bool = True) -> ort.InferenceSession:
     """Open an ONNX Runtime session, CUDA first when asked; the provider actually used is logged."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = one per physical core
+    if not spin:  # idle pool threads sleep instead of busy-waiting for the next run
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -46,7 +48,7 @@ def load_tokenizer(directory: Path, max_len: int) -> Tokenizer:
 class OnnxEncoder:
     """Texts -> (N, D) float32 L2-normalised vectors through `model.onnx` of an encoder artifact."""
 
-    def __init__(self, directory: Path, device: str = "cpu", threads: int = 0):
+    def __init__(self, directory: Path, device: str = "cpu", threads: int = 0, spin: bool = True):
         self.directory = Path(directory)
         self.manifest: Manifest = load_manifest(self.directory)
         if self.manifest.kind != "encoder":
@@ -57,7 +59,7 @@ class OnnxEncoder:
         # A second, untruncated copy for counting: toggling truncation on the shared one would race
         # with batches that the service encodes on its executor threads.
         self._counter = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
-        self.session = make_session(self.directory / MODEL_FILE, device, threads)
+        self.session = make_session(self.directory / MODEL_FILE, device, threads, spin)
 
     @property
     def provider(self) -> str:

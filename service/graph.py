@@ -24,7 +24,7 @@ class GraphOutput:
 class FanoutGraph:
     """Runs `model.onnx` of a `fanout` artifact on batches of (text, seed)."""
 
-    def __init__(self, directory: Path, device: str = "cpu", threads: int = 0):
+    def __init__(self, directory: Path, device: str = "cpu", threads: int = 0, spin: bool = True):
         self.directory = Path(directory)
         self.manifest: Manifest = load_manifest(self.directory)
         if self.manifest.kind != "fanout" or self.manifest.fanout is None:
@@ -32,7 +32,7 @@ class FanoutGraph:
         self.info: FanoutInfo = self.manifest.fanout
         self.dim, self.rows = self.manifest.encoder.dim, self.info.rows
         self.tokenizer = load_tokenizer(self.directory, self.manifest.encoder.max_seq_len)
-        self.session = make_session(self.directory / MODEL_FILE, device, threads)
+        self.session = make_session(self.directory / MODEL_FILE, device, threads, spin)
 
     @property
     def provider(self) -> str:

@@ -112,7 +112,7 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
     if not path.is_dir():
         raise ArtifactError(f"no fan-out graph at {path}: run `r4t export --dataset {settings.dataset}` "
                             "(or R4T_GRAPH=none to serve without the diffusion strategy)")
-    graph = FanoutGraph(path, device=settings.device, threads=settings.onnx_threads)
+    graph = FanoutGraph(path, device=settings.device, threads=settings.onnx_threads, spin=settings.onnx_spin)
     if graph.manifest.encoder_sha256 != encoder.manifest.encoder_sha256:
         raise ArtifactError(f"fan-out graph {path} was trained in another encoder's space than "
                             f"{settings.encoder_path}: re-export it with --encoder {settings.encoder}")
@@ -124,7 +124,8 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
 
 
 def load_runtime(settings: Settings) -> Runtime:
-    encoder = OnnxEncoder(settings.encoder_path, device=settings.device, threads=settings.onnx_threads)
+    encoder = OnnxEncoder(settings.encoder_path, device=settings.device, threads=settings.onnx_threads,
+                          spin=settings.onnx_spin)
     if settings.require_gpu and encoder.provider != "CUDAExecutionProvider":
         raise ArtifactError(f"R4T_REQUIRE_GPU is set but ONNX Runtime runs on {encoder.provider}")
     graph = load_graph(settings, encoder)

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime device; cuda falls back to CPU")
     require_gpu: bool = Field(False, description="Refuse to start when the CUDA provider is not in use")
     onnx_threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per physical core")
+    onnx_spin: bool = Field(True, description="Let idle intra-op threads spin (lower latency on dedicated cores; "
+                                              "turn off where the cores are shared)")
     max_query_tokens: int = Field(64, gt=0, description="Longer queries are rejected with 422")
     max_limit: int = Field(1000, gt=0, description="Largest `limit` a request may ask for")
     hnsw_ef: int | None = Field(None, gt=0, description="HNSW ef at search time; unset = store default")

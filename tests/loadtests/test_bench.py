@@ -34,8 +34,28 @@ def test_closed_loop_and_batch_sweep_measure_every_request(server, polyvore):
     json.dumps(run)  # the report is plain JSON
 
 
-def test_open_loop_users_keep_pacing(server, tmp_path):
-    """4 users at 8 requests/s for 3 s: each user sends again after its first answer (≈ 24, not 4)."""
-    step = locust_run(server, "single", 8.0, 4, 3, "polyvore", tmp_path)
-    assert step["failures"] == 0 and step["requests"] > 2 * 4
-    assert step["requests"] <= 8 * 3 + 4  # paced: at most the rate's share plus the first burst
+def test_open_loop_follows_the_arrival_rate(server, tmp_path):
+    """One dispatcher at 8 requests/s for 4 s: Poisson arrivals (mean 32), every one answered, none dropped."""
+    step = locust_run(server, "single", 8.0, 4, "polyvore", tmp_path)
+    assert step["failures"] == 0 and step["dropped"] == 0
+    assert 12 <= step["requests"] <= 60
+    assert step["users"] == 1 and step["client_cpu_s"] > 0 and step["stages_p50_ms"]["total"] > 0
+
+
+def test_closed_loop_users_send_back_to_back(server, tmp_path):
+    step = locust_run(server, "single", 0.0, 3, "polyvore", tmp_path, users=2)
+    assert step["failures"] == 0 and step["users"] == 2 and step["requests"] > 10
+
+
+def test_load_report_saturation_and_sustained_run(server, tmp_path):
+    from loadtests.bench import load
+
+    out = tmp_path / "load"
+    load(dataset="polyvore", strategies="single", fractions="0.25,0.5", seconds=2, min_requests=1, max_seconds=3,
+         saturated_p50_factor=3.0, warmup_s=1.0, sustain_strategy="single", sustain_p99_ms=60_000.0, sustain_seconds=3, url=server,
+         out=out)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [s["strategy"] for s in report["steps"]] == ["single", "single"]
+    assert report["saturation"]["single"]["qps"] == max(s["rps"] for s in report["steps"])
+    assert report["sustained"]["seconds"] == 3 and report["sustained"]["target_rps"] == report["steps"][1]["target_rps"]
+    assert "Sustained: single" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0

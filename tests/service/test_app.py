@@ -57,6 +57,12 @@ def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
+def test_start_up_objects_are_frozen_out_of_the_collector(client):
+    import gc
+
+    assert gc.get_freeze_count() > 0  # the lifespan froze what it loaded: no long GC passes over it
+
+
 def test_readyz_reports_every_check_true(client):
     response = client.get("/readyz")
     assert response.status_code == 200
