@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -478,6 +479,56 @@ def diffusion_steps(
               "guidance": guidance, "command": "r4t " + shlex.join(sys.argv[1:])}
     write_sweep(rows, header, out, f"diffusion_steps_{dataset}")
     typer.echo(f"{out}/diffusion_steps_{dataset}.md")
+
+
+@diffusion_app.command("distil")
+def diffusion_distil(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    encoder: Optional[str] = ENCODER_OPT,
+    model: str = typer.Option("", help="Teacher denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
+    name: str = typer.Option("", help="Pairs under <artifacts>/pairs; default <dataset>-wscr"),
+    start_steps: int = typer.Option(32, help="The teacher's Karras steps"),
+    final_steps: int = typer.Option(1, help="Halve until this many steps"),
+    round_steps: int = typer.Option(500, help="Optimizer steps per halving"),
+    batch_size: int = typer.Option(128, help="Pairs per step"),
+    lr: float = typer.Option(1e-4, help="Adam learning rate"),
+    max_queries: int = typer.Option(100, help="Score at most this many sets per split (0 = all)"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+    out: Path = typer.Option(Path("results"), help="Where the table and plot go"),
+) -> None:
+    """Progressive distillation to few-step students (student-s<N>.pt beside the teacher), each scored
+    against the undistilled sampler at the same step count; table, JSON and PNG."""
+    _start(dataset)
+    from training.data import default_data_dir, load_dataset
+    from training.diffusion.distil import DistilConfig, distil, write_report
+    from training.diffusion.pairs import load_pairs
+    from training.diffusion.train import load_model
+    from training.evaluate import EvalConfig, diffusion_strategy, score_split
+
+    settings = _settings(dataset, artifacts, encoder)
+    path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    query, targets = load_pairs(settings.artifacts_dir / "pairs" / (name or f"{dataset}-wscr"))
+    cfg = DistilConfig(start_steps=start_steps, final_steps=final_steps, round_steps=round_steps,
+                       batch_size=batch_size, lr=lr)
+    encoder_, resolver = _retriever(settings)
+    data = load_dataset(dataset, data_dir or default_data_dir())
+    eval_cfg = EvalConfig(dataset=dataset, max_queries=max_queries)
+    teacher = load_model(path)
+
+    def score(steps: int, denoiser) -> dict:
+        strategy = diffusion_strategy(f"{steps} steps", denoiser, encoder_, resolver, steps)
+        rows = {split: score_split(strategy, data, split, eval_cfg) for split in eval_cfg.splits}
+        return {"eval": {split: {"recall": {str(n): v for n, v in r.recall.items()}, "vendi": r.vendi_runs}
+                         for split, r in rows.items()}}
+
+    rows = [{"steps": n, "sampler": "Karras (undistilled)", **score(n, teacher)} for n in [start_steps, *cfg.rounds()]]
+    rows += [{**r, "sampler": "distilled student"}
+             for r in distil(teacher, query, targets, cfg, path.parent / "distil", on_student=score)]
+    header = {"dataset": dataset, "encoder": settings.encoder, "teacher": str(path), "n_values": list(eval_cfg.ns),
+              "max_queries": max_queries, "config": asdict(cfg), "command": "r4t " + shlex.join(sys.argv[1:])}
+    write_report(rows, header, out, f"diffusion_distil_{dataset}")
+    typer.echo(f"{out}/diffusion_distil_{dataset}.md; students in {path.parent / 'distil'}")
 
 
 @app.command("export")

@@ -37,7 +37,7 @@ from service.manifest import (
     write_json_atomic,
 )
 from training.diffusion.model import SetDenoiser
-from training.diffusion.sampler import karras_sigmas, sample
+from training.diffusion.sampler import model_sigmas, sample
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def export_fanout(out_dir: Path, encoder_dir: Path, denoiser: SetDenoiser, cfg: 
     d = denoiser.cfg
     if d.dim != enc_manifest.encoder.dim:
         raise ValueError(f"denoiser dim {d.dim} != encoder dim {enc_manifest.encoder.dim}")
-    sigmas = karras_sigmas(cfg.steps, d.sigma_min, d.sigma_max)
+    sigmas = model_sigmas(denoiser, cfg.steps)
     graph = QueryToFanout(MeanPooledEncoder(st[0].auto_model).eval(), denoiser.eval(), sigmas, cfg).eval()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

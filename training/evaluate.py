@@ -185,10 +185,10 @@ def diffusion_strategy(name: str, model, encoder: OnnxEncoder, resolver: Resolve
     """R4T-Diffusion: the set denoiser samples L fan-out vectors from the query embedding in one pass."""
     import torch
 
-    from training.diffusion.sampler import karras_sigmas, sample
+    from training.diffusion.sampler import model_sigmas, sample
 
     cfg = model.cfg
-    sigmas = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max)
+    sigmas = model_sigmas(model, steps)
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
         noise = seeded_noise(len(qv), cfg.rows, cfg.dim, seed)

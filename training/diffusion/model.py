@@ -101,6 +101,7 @@ class SetDenoiser(nn.Module):
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
         self.cfg = cfg
+        self.sigmas: list[float] | None = None  # a distilled student's fixed schedule (`distil.py`)
         w = cfg.width
         self.inp = nn.Linear(cfg.dim, w)
         self.noise = nn.Sequential(Fourier(w), nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))

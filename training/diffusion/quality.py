@@ -14,14 +14,14 @@ import torch
 
 from service.manifest import write_json_atomic, write_text_atomic
 from training.diffusion.model import SetDenoiser
-from training.diffusion.sampler import karras_sigmas, sample
+from training.diffusion.sampler import model_sigmas, sample
 from training.evaluate import EvalConfig, Row, diffusion_strategy, score_split
 
 
 def model_latency(model: SetDenoiser, steps: int, batch: int, guidance: float = 1.0, repeats: int = 10) -> float:
     """Median milliseconds of one sampling pass (all steps) for `batch` queries, after one warm-up."""
     cfg = model.cfg
-    sigmas = karras_sigmas(steps, cfg.sigma_min, cfg.sigma_max)
+    sigmas = model_sigmas(model, steps)
     query = torch.nn.functional.normalize(torch.randn(batch, cfg.dim), dim=-1)  # (B, d)
     noise = torch.randn(batch, cfg.rows, cfg.dim)  # (B, L, d)
     times = []

@@ -24,6 +24,16 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
     return [(hi + r * (lo - hi)) ** rho for r in ramp] + [0.0]
 
 
+def model_sigmas(model: SetDenoiser, steps: int) -> list[float]:
+    """The sigmas `model` samples with in `steps` steps: Karras spacing, or, for a distilled student, the
+    schedule it was distilled on (its only step count)."""
+    if model.sigmas is None:
+        return karras_sigmas(steps, model.cfg.sigma_min, model.cfg.sigma_max)
+    if steps != len(model.sigmas) - 1:
+        raise ValueError(f"this student was distilled for {len(model.sigmas) - 1} sampler steps, not {steps}")
+    return list(model.sigmas)
+
+
 def _denoise(model: SetDenoiser, x: torch.Tensor, sigma: float, query: torch.Tensor, guidance: float) -> torch.Tensor:
     return model.guided(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device), query, guidance)
 

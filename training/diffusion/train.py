@@ -49,10 +49,11 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def load_model(path: Path) -> SetDenoiser:
-    """The EMA denoiser from a checkpoint (or final model) file."""
+    """The EMA denoiser from a checkpoint (or final model) file; a distilled student keeps its sigmas."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = SetDenoiser(DiffusionConfig(**state["model_config"]))
     model.load_state_dict(state["ema"])
+    model.sigmas = state.get("sigmas")
     return model.eval()
 
 
