@@ -38,6 +38,13 @@ def test_dynamic_batch_and_length(encoder):
     assert np.allclose(np.linalg.norm(many, axis=1), 1.0, atol=1e-5)
 
 
+def test_sessions_without_spinning_give_the_same_vectors(encoder_dir, encoder):
+    texts = ["late night drive", "boho summer festival outfit"]
+    quiet = OnnxEncoder(encoder_dir, threads=2, spin=False)  # R4T_ONNX_SPIN=0
+    assert quiet.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert np.allclose(quiet.encode(texts), encoder.encode(texts), atol=1e-6)
+
+
 def test_corrupt_artifact_is_refused(encoder_dir, tmp_path):
     import shutil
 
