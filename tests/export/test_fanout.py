@@ -121,3 +121,16 @@ def test_graph_strategy_scores_what_the_torch_sampler_scores(artifact, denoiser,
     assert sum(a.items == b.items for a, b in zip(torch_rows, graph)) >= 5  # a near-tie may swap one ranking
     other = graph_strategy("onnx", FanoutGraph(out), encoder, resolver).run(queries, qv, 20, 4)
     assert any(a.items != b.items for a, b in zip(graph, other))  # the seed is the only randomness
+
+
+def test_a_distilled_student_exports_its_own_schedule(encoder_dir, denoiser, polyvore, tmp_path):
+    import copy
+
+    student = copy.deepcopy(denoiser)
+    student.sigmas = [80.0, 0.5, 0.0]  # what `r4t diffusion distil` stores beside the weights
+    queries = [s.intent for s in polyvore.sets[:4]]
+    manifest = export_fanout(tmp_path / "s2", encoder_dir, student, FanoutExportConfig(steps=2), queries, "polyvore")
+    assert load_manifest(tmp_path / "s2").fanout.sigmas == [80.0, 0.5, 0.0] and manifest.parity.max_abs_error < 1e-3
+    with pytest.raises(ValueError, match="distilled for 2"):
+        export_fanout(tmp_path / "s4", encoder_dir, student, FanoutExportConfig(steps=4), queries, "polyvore")
+    assert not (tmp_path / "s4").exists()
