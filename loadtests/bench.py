@@ -260,9 +260,10 @@ def locust_run(url: str, strategy: str, rate: float, seconds: int, dataset: str,
     n, failures, dropped = int(agg["Request Count"]), int(agg["Failure Count"]), record["dropped"]
     lag = record["lag_ms"]
     return {"strategy": strategy, "target_rps": rate, "users": n_users, "seconds": seconds, "requests": n,
-            "failures": failures, "dropped": dropped, "error_rate": round((failures + dropped) / max(n + dropped, 1), 4),
+            "failures": failures, "dropped": dropped,
+            "error_rate": round((failures + dropped) / max(n + dropped, 1), 4),
             "rps": round(float(agg["Requests/s"]), 3),
-            **{f"p{p}_ms": float(agg[f"{p}%"]) for p in ("50", "95", "99")},
+            **{f"p{p}_ms": float(agg[f"{p}%"]) if n else None for p in ("50", "95", "99")},
             "stages_p50_ms": {k: round(float(np.median(v)), 3) for k, v in record["stages"].items() if v},
             "dispatch_lag_p99_ms": round(float(np.percentile(lag, 99)), 2) if lag else None,
             "client_cpu_s": record["client_cpu_s"],
@@ -286,7 +287,8 @@ def probe(url: str, strategy: str, queries: list[str], seconds: float = 10.0, mo
             client.post(f"{url}/fanout", json={"query": queries[len(times) + 1], "strategy": strategy,
                                                "seed": len(times)}).raise_for_status()
             times.append(time.perf_counter() - t)
-    return {"qps": round(len(times) / (time.perf_counter() - started), 3), "p50_ms": round(1e3 * float(np.median(times)), 2)}
+    return {"qps": round(len(times) / (time.perf_counter() - started), 3),
+            "p50_ms": round(1e3 * float(np.median(times)), 2)}
 
 
 def write_load_report(report: dict, out: Path) -> None:
@@ -304,15 +306,16 @@ def write_load_report(report: dict, out: Path) -> None:
     for name, sat in report["saturation"].items():
         lines.append(f"| {name} | {sat['probe_qps']} | {sat['probe_p50_ms']} | {sat['qps']} | "
                      f"{sat['at_target_rps']:g} rps target |")
-    lines += ["", "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms | server CPU ms/req "
-              "| client CPU s | dispatch lag p99 ms | stages p50 (ms) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| strategy | target rps | achieved rps | requests | errors | p50 ms | p95 ms | p99 ms "
+              "| server CPU ms/req | client CPU s | dispatch lag p99 ms | stages p50 (ms) |", "|---" * 12 + "|"]
     rows = [*steps, *([report["sustained"]] if report.get("sustained") else [])]
     for s in rows:
         stages = ", ".join(f"{k} {v}" for k, v in s["stages_p50_ms"].items())
         tag = f" ({s['seconds']} s sustained)" if s is report.get("sustained") else ""
         lines.append(f"| {s['strategy']}{tag} | {s['target_rps']:g} | {s['rps']} | {s['requests']} | "
-                     f"{s['failures'] + s['dropped']} | {s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | "
-                     f"{s['server_cpu_ms_per_request']} | {s['client_cpu_s']} | {s['dispatch_lag_p99_ms']} | {stages} |")
+                     f"{s['failures'] + s['dropped']} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | "
+                     f"{s['server_cpu_ms_per_request']} | {s['client_cpu_s']} | {s['dispatch_lag_p99_ms']} | "
+                     f"{stages} |")
     sustained = report.get("sustained")
     if sustained:
         ok = sustained["p99_ms"] <= report["sustain_p99_ms"] and sustained["failures"] + sustained["dropped"] == 0
@@ -353,7 +356,8 @@ def load(
     seconds: int = typer.Option(20, help="Shortest duration of a step"),
     min_requests: int = typer.Option(20, help="Steps last long enough for this many arrivals ..."),
     max_seconds: int = typer.Option(120, help="... but no longer than this"),
-    saturated_p50_factor: float = typer.Option(3.0, help="A step whose p50 passes this × the probe's p50 is saturated"),
+    saturated_p50_factor: float = typer.Option(3.0, help="A step whose p50 passes this × the probe's p50 is "
+                                                         "saturated"),
     warmup_s: float = typer.Option(30.0, help="Uncounted closed-loop requests per strategy before its probe"),
     sustain_strategy: str = typer.Option("diffusion", help="Strategy of the sustained run ('' = none)"),
     sustain_p99_ms: float = typer.Option(50.0, help="The sustained run's rate is the highest step with this p99"),
@@ -382,21 +386,22 @@ def load(
                 duration = int(min(max(seconds, np.ceil(min_requests / rate)), max_seconds))
                 step = locust_run(url, name, rate, duration, dataset, workdir, server_pid=pid)
                 mine.append(step)
-                typer.echo(f"  {rate:g}/s for {duration} s: {step['rps']} rps, p50 {step['p50_ms']:g} p99 "
-                           f"{step['p99_ms']:g} ms, {step['failures']} failures, {step['dropped']} dropped")
-                if step["failures"] or step["dropped"] or step["p50_ms"] > saturated_p50_factor * base["p50_ms"]:
+                typer.echo(f"  {rate:g}/s for {duration} s: {step['rps']} rps, p50 {step['p50_ms']} p99 "
+                           f"{step['p99_ms']} ms, {step['failures']} failures, {step['dropped']} dropped")
+                if step["failures"] or step["dropped"] or (step["p50_ms"] or 0) > saturated_p50_factor * base["p50_ms"]:
                     break
             clean = [s for s in mine if not (s["failures"] or s["dropped"])] or mine
             best = max(clean, key=lambda s: s["rps"])
             saturation[name] = {"probe_qps": base["qps"], "probe_p50_ms": base["p50_ms"], "qps": best["rps"],
                                 "at_target_rps": best["target_rps"]}
             steps += mine
-        held = sorted((s for s in steps if s["strategy"] == sustain_strategy and s["p99_ms"] <= sustain_p99_ms
-                       and not (s["failures"] or s["dropped"])), key=lambda s: -s["target_rps"])
+        held = sorted((s for s in steps if s["strategy"] == sustain_strategy and s["requests"]
+                       and s["p99_ms"] <= sustain_p99_ms and not (s["failures"] or s["dropped"])),
+                      key=lambda s: -s["target_rps"])
         for step in held[:3]:  # the highest rate first; a lower one if the long run misses the target
             sustained = locust_run(url, sustain_strategy, step["target_rps"], sustain_seconds, dataset, workdir,
                                    server_pid=pid)
-            typer.echo(f"sustained {sustain_strategy} at {step['target_rps']:g}/s: p99 {sustained['p99_ms']:g} ms, "
+            typer.echo(f"sustained {sustain_strategy} at {step['target_rps']:g}/s: p99 {sustained['p99_ms']} ms, "
                        f"{sustained['failures'] + sustained['dropped']} errors")
             if sustained["p99_ms"] <= sustain_p99_ms and not (sustained["failures"] or sustained["dropped"]):
                 break

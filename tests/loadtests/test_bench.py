@@ -42,6 +42,12 @@ def test_open_loop_follows_the_arrival_rate(server, tmp_path):
     assert step["users"] == 1 and step["client_cpu_s"] > 0 and step["stages_p50_ms"]["total"] > 0
 
 
+def test_a_slow_arrival_rate_leaves_the_dispatcher_idle(server, tmp_path):
+    """1 request/s for 5 s: between arrivals the dispatcher sleeps (a busy loop would burn ~5 CPU s)."""
+    step = locust_run(server, "single", 1.0, 5, "polyvore", tmp_path)
+    assert step["failures"] == 0 and step["client_cpu_s"] < 1.5
+
+
 def test_closed_loop_users_send_back_to_back(server, tmp_path):
     step = locust_run(server, "single", 0.0, 3, "polyvore", tmp_path, users=2)
     assert step["failures"] == 0 and step["users"] == 2 and step["requests"] > 10
@@ -52,7 +58,8 @@ def test_load_report_saturation_and_sustained_run(server, tmp_path):
 
     out = tmp_path / "load"
     load(dataset="polyvore", strategies="single", fractions="0.25,0.5", seconds=2, min_requests=1, max_seconds=3,
-         saturated_p50_factor=3.0, warmup_s=1.0, sustain_strategy="single", sustain_p99_ms=60_000.0, sustain_seconds=3, url=server,
+         saturated_p50_factor=3.0, warmup_s=1.0, sustain_strategy="single", sustain_p99_ms=60_000.0,
+         sustain_seconds=3, url=server,
          out=out)
     report = json.loads(out.with_suffix(".json").read_text())
     assert [s["strategy"] for s in report["steps"]] == ["single", "single"]

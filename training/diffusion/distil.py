@@ -140,12 +140,14 @@ def write_report(rows: list[dict], header: dict, out_dir: Path, stem: str) -> No
     ns = header["n_values"]
     lines = [f"# Progressive distillation of the diffusion sampler: {header['dataset']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "dataset"]
-    lines += ["", "| split | steps | sampler | " + " | ".join(f"Recall@{n}" for n in ns) + " | Vendi | train s | loss first → last |",
+    lines += ["", "| split | steps | sampler | " + " | ".join(f"Recall@{n}" for n in ns)
+              + " | Vendi | train s | loss first → last |",
               "|---|---:|---|" + "---:|" * (len(ns) + 1) + "---:|---|"]
     for r in rows:
         for split, m in r["eval"].items():
             loss = f"{r['loss_first']:.3f} → {r['loss_last']:.3f}" if "loss_first" in r else ""
-            lines.append(f"| {split} | {r['steps']} | {r['sampler']} | " + " | ".join(f"{m['recall'][str(n)]:.4f}" for n in ns)
+            recalls = " | ".join(f"{m['recall'][str(n)]:.4f}" for n in ns)
+            lines.append(f"| {split} | {r['steps']} | {r['sampler']} | {recalls}"
                          + f" | {m['vendi']:.4f} | {r.get('seconds', '')} | {loss} |")
     write_text_atomic(out_dir / f"{stem}.md", "\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, len(ns), figsize=(5 * len(ns), 4), squeeze=False)
