@@ -45,6 +45,11 @@ def _settings(dataset: str | None = None, artifacts: Path | None = None, encoder
     return Settings(**{k: v for k, v in overrides.items() if v})
 
 
+def _denoiser_path(settings, model: str | None) -> Path:
+    """The set denoiser a command uses: `--model`, else <artifacts>/diffusion/<dataset>-wscr/model.pt."""
+    return Path(model or settings.artifacts_dir / "diffusion" / f"{settings.dataset}-wscr" / "model.pt")
+
+
 def _start(dataset: str) -> None:
     """Logging and offline mode, then the dataset name checked: the first lines of a dataset command."""
     _setup()
@@ -209,7 +214,7 @@ def evaluate(
         raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
     settings = _settings(dataset, artifacts)
     folm = folm or str(settings.artifacts_dir / "fanout" / f"{dataset}-wscr" / "model")
-    diffusion_model = diffusion_model or str(settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    diffusion_model = str(_denoiser_path(settings, diffusion_model))
 
     def load_denoiser(path: str):
         from training.diffusion.train import load_model
@@ -470,7 +475,7 @@ def diffusion_steps(
     from training.evaluate import EvalConfig
 
     settings = _settings(dataset, artifacts, encoder)
-    path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    path = _denoiser_path(settings, model)
     cfg = EvalConfig(dataset=dataset, max_queries=max_queries)
     rows = steps_sweep(load_model(path), *_retriever(settings),
                        load_dataset(dataset, data_dir or default_data_dir()), cfg,
@@ -507,7 +512,7 @@ def diffusion_distil(
     from training.evaluate import EvalConfig, diffusion_strategy, score_split
 
     settings = _settings(dataset, artifacts, encoder)
-    path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    path = _denoiser_path(settings, model)
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / (name or f"{dataset}-wscr"))
     cfg = DistilConfig(start_steps=start_steps, final_steps=final_steps, round_steps=round_steps,
                        batch_size=batch_size, lr=lr)
@@ -551,7 +556,7 @@ def export_graph(
     from training.diffusion.train import load_model
 
     settings = _settings(dataset, artifacts, encoder)
-    path = Path(model or settings.artifacts_dir / "diffusion" / f"{dataset}-wscr" / "model.pt")
+    path = _denoiser_path(settings, model)
     queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")[:64]]
     cfg = FanoutExportConfig(steps=steps, guidance=guidance, method=method, precision=precision)
     suffix = "" if precision == "fp32" else f"-{precision}"

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from training.diffusion.model import SetDenoiser
 from training.diffusion.sampler import karras_sigmas
-from training.diffusion.train import _save, load_model
+from training.diffusion.train import _save, model_from_state
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def distil(teacher: SetDenoiser, query: np.ndarray, targets: np.ndarray, cfg: Di
             state = torch.load(path, map_location="cpu", weights_only=False)
             if state["distil_config"] != asdict(cfg):
                 raise ValueError(f"{path} was written by another distillation config; pick another directory")
-            student, row = load_model(path), state["row"]
+            student, row = model_from_state(state), state["row"]
         else:
             started = time.perf_counter()
             student, losses = distil_round(teacher, sigmas, q, x0, cfg, seed=cfg.seed + r)

@@ -50,7 +50,11 @@ def _save(obj: dict, path: Path) -> None:
 
 def load_model(path: Path) -> SetDenoiser:
     """The EMA denoiser from a checkpoint (or final model) file; a distilled student keeps its sigmas."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    return model_from_state(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def model_from_state(state: dict) -> SetDenoiser:
+    """The EMA denoiser of a loaded checkpoint, model or student file."""
     model = SetDenoiser(DiffusionConfig(**state["model_config"]))
     model.load_state_dict(state["ema"])
     model.sigmas = state.get("sigmas")
