@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -128,6 +128,11 @@ def _as_block(vectors: np.ndarray, dim: int) -> np.ndarray:
     return block[None] if block.ndim == 1 else block
 
 
+def _with_payload(item: FusedItem, payload: dict) -> FusedItem:
+    """A fused item found by point id, named by its catalog item id and payload."""
+    return replace(item, id=str(payload.get("id", item.id)), text=str(payload.get("text", "")), payload=payload)
+
+
 class Resolver:
     """Turns fan-out vectors into catalog items through one `Store.search_batch` call per request."""
 
@@ -171,8 +176,13 @@ class Resolver:
         if sum(sizes) == 0:
             return [[] for _ in blocks]
         stacked = np.concatenate(blocks, axis=0)  # (sum K_i, D)
+        # Hits carry point ids only: payloads are read once, for the fused items that are returned
+        # (the K x limit_per_vector hits' payloads cost more than the search itself).
         results = self.store.search_batch(
-            stacked, limit_per_vector, filter=filter, with_vectors=with_vectors, exact=exact, hnsw_ef=hnsw_ef
+            stacked, limit_per_vector, filter=filter, with_vectors=with_vectors, exact=exact, hnsw_ef=hnsw_ef,
+            with_payload=False,
         )
         bounds = np.cumsum([0, *sizes])
-        return [fuse(results[lo:hi], fusion, limit) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        fused = [fuse(results[lo:hi], fusion, limit) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
+        return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]

@@ -37,7 +37,11 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result: catalog item id, cosine score, stored payload, optional (D,) vector."""
+    """One search result: catalog item id, cosine score, stored payload, optional (D,) vector.
+
+    A search with `with_payload=False` cannot know the item id: `id` is then the point id and
+    `payload` is empty (`Store.payloads` maps point ids to payloads later).
+    """
 
     id: str
     score: float
@@ -70,7 +74,9 @@ class Store(Protocol):
         with_vectors: bool = False,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        with_payload: bool = True,
     ) -> list[list[Hit]]: ...
+    def payloads(self, point_ids: Sequence[str]) -> dict[str, dict]: ...
     def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
     def count(self) -> int: ...
     def ping(self) -> bool: ...  # cheap liveness check, never raises
@@ -237,6 +243,7 @@ class EdgeStore:
         with_vectors: bool = False,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        with_payload: bool = True,
     ) -> list[list[Hit]]:
         vectors = _check_queries(vectors, self.dim, limit)
         parsed = validate_filter(filter)
@@ -245,13 +252,18 @@ class EdgeStore:
         requests = [
             qe.QueryRequest(
                 limit=limit, query=qe.Query.Nearest(q.tolist()), filter=edge_filter,
-                params=params, with_payload=True, with_vector=with_vectors,
+                params=params, with_payload=with_payload, with_vector=with_vectors,
             )
             for q in vectors
         ]
         with _backend("edge", self._closed):
             batches = self._shard.query_batch(qe.QueryBatchRequest(requests)) if requests else []
         return [[_hit(p.id, p.score, p.payload, p.vector) for p in points] for points in batches]
+
+    def payloads(self, point_ids: Sequence[str]) -> dict[str, dict]:
+        with _backend("edge", self._closed):
+            records = self._shard.retrieve(list(point_ids), with_payload=True, with_vector=False)
+        return {str(r.id): r.payload or {} for r in records}
 
     def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray:
         with _backend("edge", self._closed):
@@ -327,6 +339,7 @@ class ServerStore:
         with_vectors: bool = False,
         exact: bool = False,
         hnsw_ef: int | None = None,
+        with_payload: bool = True,
     ) -> list[list[Hit]]:
         vectors = _check_queries(vectors, self.dim, limit)
         parsed = parse_filter(filter)
@@ -335,13 +348,18 @@ class ServerStore:
         requests = [
             models.QueryRequest(
                 query=q.tolist(), limit=limit, filter=parsed, params=params,
-                with_payload=True, with_vector=with_vectors,
+                with_payload=with_payload, with_vector=with_vectors,
             )
             for q in vectors
         ]
         with _backend("server", self._closed):
             responses = self._client.query_batch_points(self.collection, requests) if requests else []
         return [[_hit(p.id, p.score, p.payload, p.vector) for p in r.points] for r in responses]
+
+    def payloads(self, point_ids: Sequence[str]) -> dict[str, dict]:
+        with _backend("server", self._closed):
+            records = self._client.retrieve(self.collection, list(point_ids), with_payload=True, with_vectors=False)
+        return {str(r.id): r.payload or {} for r in records}
 
     def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray:
         with _backend("server", self._closed):

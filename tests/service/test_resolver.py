@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.resolver import FusedItem, Provenance, Resolver, fuse, mmr
-from service.store import EdgeStore, Hit, ServerStore
+from service.store import EdgeStore, Hit, ServerStore, point_id
 
 D = 384
 
@@ -132,6 +132,9 @@ class CountingStore:
         self.calls += 1
         return self.inner.search_batch(vectors, limit, **kw)
 
+    def payloads(self, point_ids):
+        return self.inner.payloads(point_ids)
+
 
 def test_resolve_top1s_are_the_fan_out_targets(store, catalog):
     ids, vectors, _ = catalog
@@ -140,6 +143,23 @@ def test_resolve_top1s_are_the_fan_out_targets(store, catalog):
     assert [f.id for f in items[:3]] == [ids[i] for i in picks]
     assert [f.found_by[0].vector for f in items[:3]] == [0, 1, 2]
     assert len({f.id for f in items}) == len(items) <= 15
+
+
+def test_resolver_reads_payloads_only_for_the_items_it_returns(store, catalog):
+    ids, vectors, _ = catalog
+    bare = store.search_batch(vectors[:2], limit=4, exact=True, with_payload=False)
+    assert all(h.payload == {} and h.id == point_id(ids[i]) for i, hits in enumerate(bare) for h in hits[:1])
+    full = store.search_batch(vectors[:2], limit=4, exact=True)
+    assert store.payloads([h.id for h in bare[1]]) == {h.id: f.payload for h, f in zip(bare[1], full[1])}
+    read = []
+    counting = CountingStore(store)
+    counting.payloads = lambda pids: read.append(list(pids)) or store.payloads(pids)
+    items = Resolver(counting).resolve(vectors[:2], limit_per_vector=4, limit=3, exact=True)
+    assert len(read) == 1 and len(read[0]) == 3  # not the 8 hits'
+    expected = fuse(full, limit=3)
+    assert [(f.id, f.text, f.payload, f.score, f.found_by) for f in items] == [
+        (f.id, f.text, f.payload, f.score, f.found_by) for f in expected
+    ]
 
 
 def test_resolve_many_equals_per_query_resolve_in_one_call(store, catalog):
