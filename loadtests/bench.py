@@ -41,6 +41,16 @@ def machine() -> str:
     return f"{names[0] if names else platform.machine()}, {os.cpu_count()} CPUs"
 
 
+def server_env() -> dict[str, str]:
+    """The R4T_* settings this process passes on to the service it starts (the report names them)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("R4T_") and "KEY" not in k}
+
+
+def settings_line(report: dict) -> str:
+    env = report.get("server_env") or {}
+    return "service settings from the environment: " + (", ".join(f"`{k}={v}`" for k, v in env.items()) or "none")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,7 +177,7 @@ def plot(report: dict, path: Path) -> None:
 def markdown(report: dict) -> str:
     lines = [f"# /fanout latency on {report['dataset']} ({report['items']:,} items)", "",
              f"Machine: {report['machine']}; ONNX Runtime provider: {report['provider']}. Command: "
-             f"`{report['command']}`", "",
+             f"`{report['command']}`; {settings_line(report)}", "",
              "| strategy | requests | errors | concurrency | QPS | p50 ms | p95 ms | p99 ms | server stages p50 (ms) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["strategies"].items():
@@ -207,7 +217,7 @@ def latency(
         report = {"dataset": dataset, "items": info["items"], "provider": info["provider"],
                   "graph": (info.get("graph") or {}).get("path"), "llm": info.get("llm"),
                   "concurrency": concurrency, "k": k, "limit": limit,
-                  "machine": machine(),
+                  "machine": machine(), "server_env": server_env(),
                   "command": " ".join(["python -m loadtests.bench", *sys.argv[1:]]), "strategies": {},
                   "batch_sweep": {}}
         for name in strategies.split(","):
@@ -296,7 +306,7 @@ def write_load_report(report: dict, out: Path) -> None:
     lines = [f"# /fanout under open-loop load on {dataset} ({report['items']:,} items)", "",
              f"Machine: {report['machine']}; ONNX Runtime provider {report['provider']}; the load generator (locust, "
              f"one user dispatching Poisson arrivals) shares the machine with the service. Command: "
-             f"`{report['command']}`", "",
+             f"`{report['command']}`; {settings_line(report)}", "",
              "Each strategy is first probed closed-loop at concurrency 1; open-loop rates are fractions of that QPS. "
              "A step stops the sweep when it has errors (non-200 answers or arrivals dropped at the client's "
              f"in-flight cap) or its p50 passes {report['saturated_p50_factor']:g}× the probe's p50 (queueing).", "",
@@ -407,7 +417,7 @@ def load(
         if proc is not None:
             stop_server(proc)
     report = {"dataset": dataset, "items": info["items"], "provider": info["provider"],
-              "graph": (info.get("graph") or {}).get("path"), "machine": machine(),
+              "graph": (info.get("graph") or {}).get("path"), "machine": machine(), "server_env": server_env(),
               "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]),
               "saturated_p50_factor": saturated_p50_factor, "sustain_p99_ms": sustain_p99_ms,
               "saturation": saturation, "steps": steps, "sustained": sustained}
