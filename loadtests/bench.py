@@ -47,7 +47,9 @@ def server_env() -> dict[str, str]:
 
 
 def settings_line(report: dict) -> str:
-    env = report.get("server_env") or {}
+    env = report.get("server_env")
+    if env is None:
+        return "service settings: not known (a service this run did not start)"
     return "service settings from the environment: " + (", ".join(f"`{k}={v}`" for k, v in env.items()) or "none")
 
 
@@ -217,7 +219,7 @@ def latency(
         report = {"dataset": dataset, "items": info["items"], "provider": info["provider"],
                   "graph": (info.get("graph") or {}).get("path"), "llm": info.get("llm"),
                   "concurrency": concurrency, "k": k, "limit": limit,
-                  "machine": machine(), "server_env": server_env(),
+                  "machine": machine(), "server_env": server_env() if proc else None,
                   "command": " ".join(["python -m loadtests.bench", *sys.argv[1:]]), "strategies": {},
                   "batch_sweep": {}}
         for name in strategies.split(","):
@@ -417,7 +419,8 @@ def load(
         if proc is not None:
             stop_server(proc)
     report = {"dataset": dataset, "items": info["items"], "provider": info["provider"],
-              "graph": (info.get("graph") or {}).get("path"), "machine": machine(), "server_env": server_env(),
+              "graph": (info.get("graph") or {}).get("path"), "machine": machine(),
+              "server_env": server_env() if proc else None,
               "command": " ".join(["python -m loadtests.bench load", *sys.argv[2:]]),
               "saturated_p50_factor": saturated_p50_factor, "sustain_p99_ms": sustain_p99_ms,
               "saturation": saturation, "steps": steps, "sustained": sustained}

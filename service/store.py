@@ -51,12 +51,16 @@ class Hit:
 
 @dataclass(frozen=True)
 class HnswSettings:
-    """HNSW graph parameters (Qdrant semantics) and the search-time beam used when none is given."""
+    """HNSW graph parameters (Qdrant semantics), the search-time beam used when none is given, and the
+    int8 scalar quantization the graph is walked with (measured on MPD, 189k x 384-d, ef 128, 10 queries:
+    11.5 -> 5.3 ms per batch at the same recall@10 vs exact, 0.95)."""
 
     m: int = 16  # edges per node
     ef_construct: int = 128  # beam width while building the graph
     full_scan_threshold: int = 10_000  # KB of (filtered) vectors below which Qdrant scans instead
     default_ef: int = 128  # search beam when a call passes hnsw_ef=None
+    int8: bool = True  # keep an int8 copy of the vectors in RAM for the search (set when the index is built)
+    oversampling: float = 2.0  # quantized candidates per requested hit, rescored with the float vectors
 
 
 @runtime_checkable
@@ -176,8 +180,10 @@ def _answers(probe: Callable[[], object]) -> bool:
 class EdgeStore:
     """Qdrant Edge shard in a directory on disk: the embedded default backend."""
 
-    def __init__(self, shard: qe.EdgeShard, path: Path, dim: int, default_ef: int) -> None:
+    def __init__(self, shard: qe.EdgeShard, path: Path, dim: int, default_ef: int,
+                 oversampling: float = HnswSettings.oversampling) -> None:
         self._shard, self.path, self.dim, self.default_ef = shard, path, dim, default_ef
+        self.oversampling = oversampling
         self._closed = False
 
     @classmethod
@@ -193,9 +199,11 @@ class EdgeStore:
             # Edge runs no background optimizer; a 1 KB indexing threshold makes optimize() build
             # HNSW for every non-empty segment (the Qdrant default, 10 MB, leaves ~6k x 384-d unindexed).
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+            quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
+                                                            memory=qe.Memory.Cached) if hnsw.int8 else None,
         )
         path.mkdir(parents=True, exist_ok=True)
-        return cls(qe.EdgeShard.create(str(path), config), path, dim, hnsw.default_ef)
+        return cls(qe.EdgeShard.create(str(path), config), path, dim, hnsw.default_ef, hnsw.oversampling)
 
     @classmethod
     def open(cls, path: Path, default_ef: int = HnswSettings.default_ef) -> EdgeStore:
@@ -248,7 +256,9 @@ class EdgeStore:
         vectors = _check_queries(vectors, self.dim, limit)
         parsed = validate_filter(filter)
         edge_filter = None if parsed is None else to_edge_filter(parsed)
-        params = qe.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact)
+        # An exact search ignores the int8 copy; an approximate one rescores its candidates in float.
+        quantization = qe.QuantizationSearchParams(ignore=exact, rescore=True, oversampling=self.oversampling)
+        params = qe.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact, quantization=quantization)
         requests = [
             qe.QueryRequest(
                 limit=limit, query=qe.Query.Nearest(q.tolist()), filter=edge_filter,
@@ -299,6 +309,7 @@ class ServerStore:
         if create and dim is None:
             raise ValueError("dim is required to create a collection")
         self.location, self.collection, self.default_ef = location, collection, hnsw.default_ef
+        self.oversampling = hnsw.oversampling
         self._closed, self._local = False, location == ":memory:"
         with _backend("server", False):
             self._client = QdrantClient(location) if self._local else QdrantClient(url=location, api_key=api_key)
@@ -309,6 +320,8 @@ class ServerStore:
                     hnsw_config=models.HnswConfigDiff(
                         m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold
                     ),
+                    quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, quantile=0.99, always_ram=True)) if hnsw.int8 else None,
                 )
             exists = self._client.collection_exists(collection)
             size = self._client.get_collection(collection).config.params.vectors.size if exists else None
@@ -344,7 +357,9 @@ class ServerStore:
         vectors = _check_queries(vectors, self.dim, limit)
         parsed = parse_filter(filter)
         # Local mode always scans exactly and warns on every call that carries search params.
-        params = None if self._local else models.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact)
+        quantization = models.QuantizationSearchParams(ignore=exact, rescore=True, oversampling=self.oversampling)
+        params = None if self._local else models.SearchParams(hnsw_ef=hnsw_ef or self.default_ef, exact=exact,
+                                                              quantization=quantization)
         requests = [
             models.QueryRequest(
                 query=q.tolist(), limit=limit, filter=parsed, params=params,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from service.encoder import OnnxEncoder
 from service.manifest import replace_dir, write_json_atomic
-from service.store import EdgeStore, ServerStore, Store
+from service.store import EdgeStore, HnswSettings, ServerStore, Store
 from training.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def index_meta(dataset: Dataset, encoder: OnnxEncoder) -> dict:
         "encoder": encoder.manifest.encoder.name,
         "encoder_sha256": encoder.manifest.encoder_sha256,
         "dim": encoder.dim,
+        "quantization": "int8" if HnswSettings.int8 else None,  # an index built before int8 is rebuilt
     }
 
 

@@ -53,6 +53,17 @@ def test_closed_loop_users_send_back_to_back(server, tmp_path):
     assert step["failures"] == 0 and step["users"] == 2 and step["requests"] > 10
 
 
+def test_server_env_names_the_settings_passed_on_but_no_secret(monkeypatch):
+    from loadtests.bench import server_env, settings_line
+
+    monkeypatch.setenv("R4T_ONNX_THREADS", "1")
+    monkeypatch.setenv("R4T_QDRANT_API_KEY", "secret")
+    env = server_env()
+    assert env["R4T_ONNX_THREADS"] == "1" and "R4T_QDRANT_API_KEY" not in env
+    assert "`R4T_ONNX_THREADS=1`" in settings_line({"server_env": env})
+    assert "not known" in settings_line({"server_env": None})
+
+
 def test_load_report_saturation_and_sustained_run(server, tmp_path):
     from loadtests.bench import load
 
@@ -66,3 +77,4 @@ def test_load_report_saturation_and_sustained_run(server, tmp_path):
     assert report["saturation"]["single"]["qps"] == max(s["rps"] for s in report["steps"])
     assert report["sustained"]["seconds"] == 3 and report["sustained"]["target_rps"] == report["steps"][1]["target_rps"]
     assert "Sustained: single" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0
+    assert report["server_env"] is None  # a service it did not start: its settings are not known here

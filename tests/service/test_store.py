@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -140,6 +141,23 @@ def test_edge_hnsw_is_built_and_finds_the_same_neighbours(edge, server, catalog)
     assert [r[0] for r in hnsw] == [r[0] for r in truth]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(hnsw, truth)])
     assert recall >= 0.95
+
+
+def test_edge_walks_an_int8_copy_and_rescores_in_float(edge, server, catalog):
+    config = json.loads((edge.path / "edge_config.json").read_text())
+    assert config["quantization_config"]["scalar"]["type"] == "int8"
+    q = queries(catalog[1])
+    truth = [{h.id: h.score for h in r} for r in server.search_batch(q, limit=50, exact=True)]
+    hits = edge.search_batch(q, limit=10)
+    # rescored hits carry the float cosine, not the int8 estimate
+    np.testing.assert_allclose([h.score for r in hits for h in r],
+                               [t[h.id] for r, t in zip(hits, truth) for h in r], atol=1e-5)
+
+
+def test_a_store_built_without_int8_has_no_quantized_copy(tmp_path, catalog):
+    store = EdgeStore.create(tmp_path / "shard", D, HnswSettings(int8=False))
+    assert "quantization_config" not in json.loads((tmp_path / "shard" / "edge_config.json").read_text())
+    store.close()
 
 
 def test_empty_batch_and_bad_shapes(store):
