@@ -162,6 +162,12 @@ def test_resolver_reads_payloads_only_for_the_items_it_returns(store, catalog):
     ]
 
 
+def test_a_filter_that_excludes_everything_resolves_to_nothing(store, catalog):
+    _, vectors, _ = catalog
+    nothing = {"must": [{"key": "decade", "match": {"value": 1}}]}
+    assert Resolver(store).resolve(vectors[:3], limit_per_vector=5, filter=nothing, exact=True) == []
+
+
 def test_resolve_many_equals_per_query_resolve_in_one_call(store, catalog):
     _, vectors, _ = catalog
     rng = np.random.default_rng(1)
