@@ -118,4 +118,8 @@ def test_copying_the_prompts_worked_example_is_no_fanout():
     mixed = parse_fanout('<queries>["silk scarf", "fringe suede boots"]</queries>', "boho festival", 10, echo)
     assert mixed == Fanout(("fringe suede boots",), True)
     assert parse_fanout('["boho festival"]', "boho festival", 10, echo) == Fanout((), True)  # an echo of q
+    music = example_queries("mpd")
+    assert "road trip" in music  # the example's broad query is an echo as much as its sub-queries
+    assert parse_fanout('["Road  Trip", "late night jazz"]', "chill", 10, music) == Fanout(("late night jazz",), True)
+    assert parse_fanout('["road trip"]', "chill", 10, music) == Fanout((), False)
     assert example_queries("polyvore", "paper") == ()

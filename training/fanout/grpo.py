@@ -165,7 +165,7 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
     # hardware); any other change needs a new run directory.
     rl = {k: v for k, v in asdict(cfg).items() if k != "device"}
     config = {"rl": {**rl, "steps": None}, "reward": asdict(rewards.cfg), "dataset": dataset.name,
-              "parse": {"drop_prompt_example": True}}
+              "parse": {"drop_prompt_example": "query and sub-queries"}}
     config_file = out_dir / "rl_config.json"
     if resume and config_file.exists() and json.loads(config_file.read_text()) != config:
         raise ValueError(f"{out_dir} holds checkpoints of another config ({config_file}); pick another name")

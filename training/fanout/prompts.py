@@ -78,5 +78,9 @@ def chat_prompt(tokenizer, query: str, task: Task, dataset: str, think: bool = F
 
 
 def example_queries(dataset: str, example: str = "domain") -> tuple[str, ...]:
-    """The sub-queries the prompt itself shows: a policy that repeats them has fanned out nothing."""
-    return tuple(EXAMPLES[dataset][1]) if example == "domain" and dataset in EXAMPLES else ()
+    """What the prompt's worked example shows, its broad query and its sub-queries: a policy that repeats
+    them has fanned out nothing (on MPD, half of SmolLM2's lists held the example's "road trip")."""
+    if example != "domain" or dataset not in EXAMPLES:
+        return ()
+    broad, subs = EXAMPLES[dataset]
+    return (broad, *subs)
