@@ -184,6 +184,5 @@ class Resolver:
         )
         bounds = np.cumsum([0, *sizes])
         fused = [fuse(results[lo:hi], fusion, limit) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        found = list({item.id: None for items in fused for item in items})  # distinct, in order
-        payloads = self.store.payloads(found) if found else {}
+        payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
         return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]

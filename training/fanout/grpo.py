@@ -25,7 +25,7 @@ from training.data import Dataset
 from training.fanout.infer import FanoutLM, SampleConfig
 from training.fanout.parse import parse_fanout
 from training.fanout.policy import DEFAULT_POLICY, resolve_policy
-from training.fanout.prompts import PREFILL
+from training.fanout.prompts import PREFILL, example_queries
 from training.fanout.rewards import TERMS, RewardConfig, RewardModel
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,10 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
     # `steps` may grow between runs (resume and go on), `device` may change (same algorithm on other
     # hardware); any other change needs a new run directory.
     rl = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    sample_cfg = cfg.sample_config(rewards.cfg, dataset.name)
+    echo = list(example_queries(dataset.name, sample_cfg.example))  # what the parser drops as copies
     config = {"rl": {**rl, "steps": None}, "reward": asdict(rewards.cfg), "dataset": dataset.name,
-              "parse": {"drop_prompt_example": "query and sub-queries"}}
+              "parse": {"echo": echo}}
     config_file = out_dir / "rl_config.json"
     if resume and config_file.exists() and json.loads(config_file.read_text()) != config:
         raise ValueError(f"{out_dir} holds checkpoints of another config ({config_file}); pick another name")
@@ -175,7 +177,6 @@ def train_grpo(cfg: RLConfig, rewards: RewardModel, dataset: Dataset, artifacts_
         log.info("%s already ran %d steps; nothing to do", out_dir, done["steps"])
         return done
 
-    sample_cfg = cfg.sample_config(rewards.cfg, dataset.name)
     before_file = out_dir / "heldout_before.json"
     if not before_file.exists():  # measured once, so a resumed run compares with the same start
         write_json_atomic(before_file, heldout_reward(FanoutLM(cfg.policy, artifacts_dir, sample_cfg),

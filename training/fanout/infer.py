@@ -48,7 +48,7 @@ class FanoutLM:
 
     @property
     def echo(self) -> tuple[str, ...]:
-        """The prompt's worked example: sub-queries the parser drops like echoes of the query."""
+        """The prompt's worked example (its query and sub-queries): the parser drops them like echoes of the query."""
         return example_queries(self.cfg.dataset, self.cfg.example)
 
     def prompts(self, queries: list[str]) -> list[str]:
