@@ -403,6 +403,8 @@ def diffusion_synth(
     temperature: float = typer.Option(0.9, help="Sampling temperature (paper: 0.9)"),
     min_reward: float = typer.Option(0.0, help="Keep fan-outs scoring above this (and >= their query's median); "
                                                "a negative floor keeps a zero-shot policy's best tries"),
+    min_recall: Optional[float] = typer.Option(None, help="WSCR: keep only fan-outs recalling more than this of the "
+                                                          "reference set (0: found at least one item)"),
     name: str = typer.Option("", help="Pairs directory under <artifacts>/pairs; default <dataset>-<task>"),
     fanouts: Optional[Path] = typer.Option(None, help="Score these `r4t fanout record --splits train` samples "
                                                       "instead of sampling here"),
@@ -422,7 +424,8 @@ def diffusion_synth(
     out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-{task}")
     report = synthesize(lm, _reward_model(dataset, task, encoder, artifacts),
                         load_dataset(dataset, data_dir or default_data_dir()), out,
-                        SynthConfig(samples=samples, max_queries=max_queries, min_reward=min_reward))
+                        SynthConfig(samples=samples, max_queries=max_queries, min_reward=min_reward,
+                                   min_recall=min_recall))
     typer.echo(f"{out}: {report['pairs_total']} pairs from {report['queries']} intents")
 
 

@@ -35,6 +35,13 @@ def test_successful_keeps_the_better_half_above_zero():
     assert successful([-0.6, -0.4, -0.2], min_reward=-1.0) == [False, True, True]  # a looser floor, same median
 
 
+def test_a_recall_floor_drops_well_formed_misses():
+    totals, recalls = [-0.6, -0.4, -0.2, -0.3], [0.1, 0.05, 0.0, 0.02]
+    assert successful(totals, -1.0) == [False, False, True, True]
+    assert successful(totals, -1.0, recalls, min_recall=0.0) == [False, False, False, True]
+    assert successful(totals, -1.0, recalls, min_recall=0.03) == [False, False, False, False]
+
+
 def test_synthesis_writes_resumable_shards(polyvore, encoder, resolver, policy_artifacts, tmp_path):
     lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SampleConfig(dataset="polyvore", max_new_tokens=24))
     rewards = RewardModel(encoder, resolver, RewardConfig(task="wscr", depth=50))

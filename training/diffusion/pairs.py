@@ -1,9 +1,10 @@
 """`r4t synth`: objective-consistent (query embedding, L×d target set) pairs from the tuned fan-out LM.
 
 For each train intent the LM samples G fan-outs; each is scored with the training reward through the
-serving retriever. A fan-out is kept when it is successful: its reward is above zero and at least the
-median of its query's G rewards (so every query contributes its better half, and a query whose
-samples all failed contributes nothing). Targets (paper §3):
+serving retriever. A fan-out is kept when it is successful: its reward is above a floor (0 by default)
+and at least the median of its query's G rewards (so every query contributes its better half, and a
+query whose samples all failed contributes nothing); for WSCR `min_recall` can also ask that it found
+some of the reference set, so a weak policy's best-formatted misses are not taught as successes. Targets (paper §3):
 - WSCR: the sub-query embeddings (the model learns the search decomposition);
 - OAR: the embeddings of each sub-query's top-1 retrieved item.
 A fan-out with m < L rows is padded to L by resampling its own rows (seeded): never zeros, which the
@@ -40,6 +41,7 @@ class SynthConfig:
     shard_size: int = 64  # intents per shard file
     seed: int = 0
     min_reward: float = 0.0  # kept fan-outs score above this (and at least their query's median)
+    min_recall: float | None = None  # WSCR: kept fan-outs also recall more than this of the reference set
 
 
 def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,10 +54,13 @@ def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndar
     return np.concatenate([rows, rows[extra]], axis=0)
 
 
-def successful(totals: list[float], min_reward: float = 0.0) -> list[bool]:
-    """Kept fan-outs of one query: reward above `min_reward` and at least the median of the query's rewards."""
+def successful(totals: list[float], min_reward: float = 0.0, recalls: list[float] | None = None,
+               min_recall: float | None = None) -> list[bool]:
+    """Kept fan-outs of one query: reward above `min_reward` and at least the median of the query's rewards,
+    and, when `min_recall` is set, recall of the reference set above it."""
     median = float(np.median(totals)) if totals else 0.0
-    return [t > min_reward and t >= median for t in totals]
+    found = [True] * len(totals) if min_recall is None else [r > min_recall for r in recalls]
+    return [t > min_reward and t >= median and f for t, f in zip(totals, found)]
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -88,7 +93,7 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
         kept = []  # (set index in chunk, fan-out, reward) of the successful fan-outs, in query order
         for j in range(len(chunk)):
             mine = [(f, r) for (jj, f), r in zip(flat, scored) if jj == j]
-            keep = successful([r.total for _, r in mine], cfg.min_reward)
+            keep = successful([r.total for _, r in mine], cfg.min_reward, [r.recall for _, r in mine], cfg.min_recall)
             chosen = [(j, f, r) for (f, r), k in zip(mine, keep) if k and f.queries]
             stats["queries_with_pairs"] += bool(chosen)
             kept += chosen
