@@ -408,6 +408,8 @@ def diffusion_synth(
     name: str = typer.Option("", help="Pairs directory under <artifacts>/pairs; default <dataset>-<task>"),
     fanouts: Optional[Path] = typer.Option(None, help="Score these `r4t fanout record --splits train` samples "
                                                       "instead of sampling here"),
+    reference: bool = typer.Option(False, help="Diagnostic pairs: each train intent -> L of its own items' "
+                                               "embeddings (no LM, no reward)"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -418,6 +420,14 @@ def diffusion_synth(
     from training.fanout.infer import FanoutLM, RecordedLM, SampleConfig
 
     settings = _settings(dataset, artifacts, encoder)
+    if reference:
+        from training.diffusion.pairs import reference_pairs
+
+        encoder_, resolver = _retriever(settings)
+        out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-reference")
+        report = reference_pairs(encoder_, resolver.store, load_dataset(dataset, data_dir or default_data_dir()), out)
+        typer.echo(f"{out}: {report['pairs_total']} reference pairs")
+        return
     policy = policy or str(settings.artifacts_dir / "fanout" / f"{dataset}-{task}" / "model")
     lm = (RecordedLM(fanouts, seed=0) if fanouts else
           FanoutLM(policy, settings.artifacts_dir, SampleConfig(task=task, dataset=dataset, temperature=temperature)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.diffusion.model import DiffusionConfig
-from training.diffusion.pairs import SynthConfig, load_pairs, pad_rows, successful, synthesize
+from training.diffusion.pairs import SynthConfig, load_pairs, pad_rows, reference_pairs, successful, synthesize
 from training.diffusion.train import TrainConfig, load_model, train
 from training.fanout.infer import FanoutLM, SampleConfig
 from training.fanout.policy import DEFAULT_POLICY
@@ -58,6 +58,17 @@ def test_synthesis_writes_resumable_shards(polyvore, encoder, resolver, policy_a
     again = synthesize(lm, rewards, polyvore, tmp_path, cfg)  # every shard is there: nothing re-sampled
     assert again["this_run"]["fanouts"] == 0 and [f.stat().st_mtime_ns for f in files] == mtimes
     assert json.loads((tmp_path / "synth.json").read_text())["pairs_total"] == report["pairs_total"]
+
+
+def test_reference_pairs_target_each_sets_own_items(polyvore, encoder, resolver, tmp_path):
+    report = reference_pairs(encoder, resolver.store, polyvore, tmp_path, rows=10)
+    train = polyvore.split("train")
+    query, targets = load_pairs(tmp_path)
+    assert report["pairs_total"] == len(train) == len(query) and targets.shape == (len(train), 10, 384)
+    first = train[0]
+    own = resolver.store.fetch_vectors(first.item_ids)
+    assert all(np.isclose(own @ row, 1.0, atol=1e-4).any() for row in targets[0])  # every row is one of its items
+    assert np.allclose(query[0], encoder.encode([first.intent])[0], atol=1e-5)
 
 
 TINY = DiffusionConfig(dim=16, rows=4, width=32, depth=1, heads=2, cond_tokens=2)

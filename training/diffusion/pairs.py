@@ -124,6 +124,31 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
     return report
 
 
+def reference_pairs(encoder, store, dataset: Dataset, out_dir: Path, rows: int = 10, seed: int = 0) -> dict:
+    """Diagnostic pairs without the LM: each train set's intent -> the embeddings of L of its own items.
+
+    Not the paper's pairs (no fan-out, no reward): they show what the denoiser learns when its targets
+    are the reference sets themselves, which separates the model from the policy that feeds it. Items
+    are drawn without replacement (sets with fewer than L padded by `pad_rows`); one pairs-00000.npz.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, rng = time.perf_counter(), np.random.default_rng(seed)
+    sets = [s for s in dataset.split("train") if s.item_ids]
+    chosen = [list(rng.permutation(s.item_ids)[:rows]) for s in sets]
+    vectors = store.fetch_vectors([i for c in chosen for i in c])
+    bounds = np.cumsum([0, *map(len, chosen)])
+    targets = [pad_rows(vectors[a:b], rows, rng) for a, b in zip(bounds[:-1], bounds[1:])]
+    _save_npz(out_dir / "pairs-00000.npz", query=encoder.encode([s.intent for s in sets]).astype(np.float32),
+              targets=np.asarray(targets, np.float32), reward=np.ones(len(sets), np.float32),
+              set_index=np.arange(len(sets), dtype=np.int64))
+    report = {"dataset": dataset.name, "task": "reference", "policy": None, "queries": len(sets),
+              "pairs_total": len(sets), "rows": rows, "seed": seed,
+              "seconds_this_run": round(time.perf_counter() - started, 1)}
+    write_json_atomic(out_dir / "synth.json", report)
+    return report
+
+
 def load_pairs(pairs_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """All shards -> (query (n, d), targets (n, L, d)) float32."""
     files = sorted(Path(pairs_dir).glob("pairs-*.npz"))
