@@ -337,6 +337,7 @@ def fanout_record(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 (GPUs, CPUs with native bf16)"),
     batch_size: int = typer.Option(0, help="Sequences per generate call; default 320 on cuda, 32 on cpu"),
+    chunk: int = typer.Option(1024, help="Queries per resumable chunk (written under <out>.parts/)"),
     out: Path = typer.Option(..., help="JSON-lines file to write"),
     data_dir: Optional[Path] = DATA_OPT,
     artifacts: Optional[Path] = ARTIFACTS_OPT,
@@ -351,7 +352,7 @@ def fanout_record(
     lm = FanoutLM(policy, _settings(dataset, artifacts).artifacts_dir,
                   SampleConfig(dataset=dataset, temperature=temperature, dtype=dtype, device=device,
                                batch_size=batch_size or (320 if device == "cuda" else 32)))
-    lines = record_fanouts(lm, queries, n, range(runs), out)
+    lines = record_fanouts(lm, queries, n, range(runs), out, chunk=chunk)
     typer.echo(f"{out}: {lines} (query, seed) records of {n} fan-outs")
 
 

@@ -10,6 +10,7 @@ import pytest
 from training.evaluate import EvalConfig, evaluate, fanout_lm_strategy
 from training.fanout.grpo import RLConfig, train_grpo
 from training.fanout.infer import FanoutLM, RecordedLM, SampleConfig, latency_report, record_fanouts
+from training.fanout.parse import parse_fanout
 from training.fanout.policy import DEFAULT_POLICY, convert_gguf
 from training.fanout.rewards import RewardConfig, RewardModel
 
@@ -89,6 +90,40 @@ def test_recorded_fanouts_replay_what_the_lm_wrote_and_score_like_it(polyvore, e
         replay.sample(queries, 1, seed=7)
     with pytest.raises(KeyError, match="3 needed"):
         replay.sample(queries, 3, seed=0)
+
+
+def test_a_stopped_recording_resumes_from_its_last_chunk(polyvore, policy_artifacts, tmp_path):
+    lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
+    queries = [s.intent for s in polyvore.split("val")[:3]]
+    calls = []
+
+    class StopsAfterOne:  # the real LM, stopped (like a timed-out device call) after its first chunk
+        name, cfg = lm.name, lm.cfg
+
+        def generate(self, qs, n, seed, progress):
+            if calls:
+                raise KeyboardInterrupt
+            calls.append(qs)
+            return lm.generate(qs, n, seed, progress)
+
+    path = tmp_path / "train.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        record_fanouts(StopsAfterOne(), queries, 2, [0], path, progress=False, chunk=2)
+    assert not path.exists() and [p.name for p in sorted((tmp_path / "train.jsonl.parts").glob("seed*"))] == [
+        "seed0-00000.jsonl"]
+    resumed = []
+    lm_generate = lm.generate
+    lm.generate = lambda qs, *a: resumed.append(qs) or lm_generate(qs, *a)
+    assert record_fanouts(lm, queries, 2, [0], path, progress=False, chunk=2) == 3
+    assert resumed == [queries[2:]] and not (tmp_path / "train.jsonl.parts").exists()
+    replay = RecordedLM(path)
+    assert [len(replay.texts[(q, 0)]) for q in queries] == [2, 2, 2]
+    assert replay.sample(queries[:2], 2, seed=0) == [[parse_fanout(t, q, 10, lm.echo) for t in g]
+                                                     for q, g in zip(queries[:2], lm_generate(queries[:2], 2, 0))]
+    (tmp_path / "other.jsonl.parts").mkdir()
+    (tmp_path / "other.jsonl.parts" / "meta.json").write_text("{}")
+    with pytest.raises(ValueError, match="another recording"):
+        record_fanouts(lm, queries, 2, [0], tmp_path / "other.jsonl", progress=False)
 
 
 def test_recorded_lm_can_pin_one_seed(tmp_path):

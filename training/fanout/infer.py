@@ -91,20 +91,42 @@ class FanoutLM:
 
 
 def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int], out: Path,
-                   progress: bool = True) -> int:
+                   progress: bool = True, chunk: int = 1024) -> int:
     """Sample n raw completions per (query, seed) and write them as JSON lines, atomically.
 
     Generation and scoring can then run on different machines: a GPU writes the fan-outs in
     seconds, `RecordedLM` replays them where the index lives. The first line holds the settings.
+    Queries go in chunks (chunk c of a seed samples with seed + 7919·c); each finished chunk is
+    written atomically under `<out>.parts/`, so a run stopped part-way resumes from its last chunk;
+    the parts are joined into `out` and removed at the end.
     """
+    import shutil
+
     from service.manifest import write_text_atomic
 
+    out = Path(out)
     unique = list(dict.fromkeys(queries))
-    lines = [json.dumps({"meta": {"policy": lm.name, "n": n, "seeds": list(seeds), **asdict(lm.cfg)}})]
+    meta = json.dumps({"meta": {"policy": lm.name, "n": n, "seeds": list(seeds), **asdict(lm.cfg)}})
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    head = parts / "meta.json"
+    stamp = json.dumps({"meta": meta, "queries": len(unique), "chunk": chunk})
+    if head.exists() and head.read_text() != stamp:
+        raise ValueError(f"{parts} holds chunks of another recording: remove it or record to another --out")
+    write_text_atomic(head, stamp)
+    names = []
     for seed in seeds:
-        texts = lm.generate(unique, n, seed, progress)
-        lines += [json.dumps({"query": q, "seed": seed, "texts": t}) for q, t in zip(unique, texts)]
-    write_text_atomic(Path(out), "\n".join(lines) + "\n")
+        for c, lo in enumerate(range(0, len(unique), chunk)):
+            names.append(part := parts / f"seed{seed}-{c:05d}.jsonl")
+            if part.exists():
+                continue
+            group = unique[lo : lo + chunk]
+            texts = lm.generate(group, n, seed + 7919 * c, progress)
+            write_text_atomic(part, "".join(json.dumps({"query": q, "seed": seed, "texts": t}) + "\n"
+                                            for q, t in zip(group, texts)))
+    lines = [meta] + [line for name in names for line in name.read_text().splitlines()]
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    shutil.rmtree(parts)
     return len(lines) - 1
 
 
