@@ -4,7 +4,8 @@ For each train intent the LM samples G fan-outs; each is scored with the trainin
 serving retriever. A fan-out is kept when it is successful: its reward is above a floor (0 by default)
 and at least the median of its query's G rewards (so every query contributes its better half, and a
 query whose samples all failed contributes nothing); for WSCR `min_recall` can also ask that it found
-some of the reference set, so a weak policy's best-formatted misses are not taught as successes. Targets (paper §3):
+some of the reference set, so a weak policy's best-formatted misses are not taught as successes.
+Targets (paper §3):
 - WSCR: the sub-query embeddings (the model learns the search decomposition);
 - OAR: the embeddings of each sub-query's top-1 retrieved item.
 A fan-out with m < L rows is padded to L by resampling its own rows (seeded): never zeros, which the

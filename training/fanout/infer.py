@@ -100,6 +100,7 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
     written atomically under `<out>.parts/`, so a run stopped part-way resumes from its last chunk;
     the parts are joined into `out` and removed at the end.
     """
+    import hashlib
     import shutil
 
     from service.manifest import write_text_atomic
@@ -110,7 +111,8 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     head = parts / "meta.json"
-    stamp = json.dumps({"meta": meta, "queries": len(unique), "chunk": chunk})
+    digest = hashlib.sha256("\n".join(unique).encode()).hexdigest()
+    stamp = json.dumps({"meta": meta, "queries": digest, "chunk": chunk})
     if head.exists() and head.read_text() != stamp:
         raise ValueError(f"{parts} holds chunks of another recording: remove it or record to another --out")
     write_text_atomic(head, stamp)
