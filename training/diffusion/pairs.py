@@ -60,8 +60,8 @@ def successful(totals: list[float], min_reward: float = 0.0, recalls: list[float
     """Kept fan-outs of one query: reward above `min_reward` and at least the median of the query's rewards,
     and, when `min_recall` is set, recall of the reference set above it."""
     median = float(np.median(totals)) if totals else 0.0
-    found = [True] * len(totals) if min_recall is None else [r > min_recall for r in recalls]
-    return [t > min_reward and t >= median and f for t, f in zip(totals, found)]
+    return [t > min_reward and t >= median and (min_recall is None or r > min_recall)
+            for t, r in zip(totals, recalls or totals)]
 
 
 def _save_npz(path: Path, **arrays) -> None:

@@ -107,15 +107,15 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
 
     out = Path(out)
     unique = list(dict.fromkeys(queries))
-    meta = json.dumps({"meta": {"policy": lm.name, "n": n, "seeds": list(seeds), **asdict(lm.cfg)}})
+    meta = {"policy": lm.name, "n": n, "seeds": list(seeds), **asdict(lm.cfg)}
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     head = parts / "meta.json"
-    digest = hashlib.sha256("\n".join(unique).encode()).hexdigest()
-    stamp = json.dumps({"meta": meta, "queries": digest, "chunk": chunk})
-    if head.exists() and head.read_text() != stamp:
+    stamp = json.dumps({**meta, "chunk": chunk, "queries": hashlib.sha256("\n".join(unique).encode()).hexdigest()})
+    if not head.exists():
+        write_text_atomic(head, stamp)
+    elif head.read_text() != stamp:
         raise ValueError(f"{parts} holds chunks of another recording: remove it or record to another --out")
-    write_text_atomic(head, stamp)
     names = []
     for seed in seeds:
         for c, lo in enumerate(range(0, len(unique), chunk)):
@@ -126,7 +126,7 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
             texts = lm.generate(group, n, seed + 7919 * c, progress)
             write_text_atomic(part, "".join(json.dumps({"query": q, "seed": seed, "texts": t}) + "\n"
                                             for q, t in zip(group, texts)))
-    lines = [meta] + [line for name in names for line in name.read_text().splitlines()]
+    lines = [json.dumps({"meta": meta})] + [line for name in names for line in name.read_text().splitlines()]
     write_text_atomic(out, "\n".join(lines) + "\n")
     shutil.rmtree(parts)
     return len(lines) - 1
