@@ -450,8 +450,10 @@ def diffusion_train(
     depth: int = typer.Option(4, help="Transformer blocks (paper-sized: 8)"),
     heads: int = typer.Option(4, help="Attention heads"),
     lr: float = typer.Option(3e-4, help="AdamW learning rate"),
+    noise: str = typer.Option("tangent", help="Training noise levels: tangent (paper) | lognormal (EDM) | loguniform"),
     name: str = typer.Option("", help="Pairs under <artifacts>/pairs and model under <artifacts>/diffusion; "
                                       "default <dataset>-<task>"),
+    model_name: str = typer.Option("", help="Model under <artifacts>/diffusion; default the pairs' name"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
 ) -> None:
     """Train the set denoiser on synthesized pairs (EMA, checkpoints, resume); loss curve beside it."""
@@ -463,10 +465,11 @@ def diffusion_train(
     settings = _settings(dataset, artifacts)
     name = name or f"{dataset}-{task}"
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)
-    model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads)
+    model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads,
+                                noise=noise)
     report = train(query, targets, model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=lr),
-                   settings.artifacts_dir / "diffusion" / name)
-    typer.echo(f"{name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
+                   settings.artifacts_dir / "diffusion" / (model_name or name))
+    typer.echo(f"{model_name or name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
 
 
 @diffusion_app.command("steps")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.diffusion.model import DiffusionConfig, SetDenoiser, count_parameters, edm_loss
+from training.diffusion.model import DiffusionConfig, SetDenoiser, count_parameters, edm_loss, training_sigmas
 from training.diffusion.sampler import karras_sigmas, sample
 
 TINY = DiffusionConfig(dim=16, rows=4, width=32, depth=2, heads=2, cond_tokens=2)
@@ -29,6 +29,22 @@ def test_karras_sigmas_are_decreasing_and_end_at_zero():
     assert karras_sigmas(1) == [80.0, 0.0]
     with pytest.raises(ValueError):
         karras_sigmas(0)
+
+
+@pytest.mark.parametrize("noise,median", [
+    ("tangent", 80.0 * math.tan(0.75) / math.tan(1.5)),  # t = 0.5 on the paper's tangent schedule: σ ≈ 5.3
+    ("lognormal", math.exp(-1.2)),
+    ("loguniform", math.sqrt(0.002 * 80.0)),
+])
+def test_training_noise_levels_follow_their_distribution(noise, median):
+    cfg = DiffusionConfig(noise=noise)
+    s = training_sigmas(cfg, 200_000, torch.Generator().manual_seed(0))
+    assert s.shape == (200_000,) and s.dtype == torch.float32 and bool((s > 0).all())
+    assert float(s.median()) == pytest.approx(median, rel=0.05)
+    if noise != "lognormal":  # the bounded ones stay on [σ_min, σ_max]
+        assert float(s.min()) >= cfg.sigma_min * 0.999 and float(s.max()) <= cfg.sigma_max * 1.001
+    with pytest.raises(ValueError):
+        training_sigmas(DiffusionConfig(noise="cosine"), 4)
 
 
 def test_preconditioning_passes_clean_input_through_at_tiny_noise(model):

@@ -8,6 +8,11 @@ null token with probability `cond_drop` in training; sampling mixes both predict
 
 Rows live in the encoder's unit-sphere space scaled by sqrt(d), so each coordinate has std ≈ 1
 (`sigma_data` = 1) and the EDM noise schedule applies unchanged.
+
+Training noise levels follow the paper's Table 3 ("Tangent", swirl_dynamics' time-uniform sampling):
+t ~ U[t(σ_min), 1] and σ = σ_max·tan(1.5t)/tan(1.5), so half the draws are above σ ≈ 5. EDM's image
+default (log-normal around σ = 0.3) almost never trains the high-noise levels where the query decides
+where the set lies, and a denoiser trained that way ignores its query.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ class DiffusionConfig:
     sigma_data: float = 1.0
     sigma_min: float = 0.002
     sigma_max: float = 80.0
-    p_mean: float = -1.2  # log-normal training noise (EDM)
+    noise: str = "tangent"  # training noise levels: tangent | lognormal | loguniform (see `training_sigmas`)
+    p_mean: float = -1.2  # lognormal only (EDM's image setting)
     p_std: float = 1.2
 
     def as_dict(self) -> dict:
@@ -157,12 +163,28 @@ def edm_loss(model: SetDenoiser, x0: torch.Tensor, query: torch.Tensor, generato
     b, rows, _ = x0.shape
     perm = torch.argsort(torch.rand(b, rows, generator=generator), dim=1).to(x0.device)
     x0 = torch.gather(x0, 1, perm[..., None].expand_as(x0))
-    sigma = (torch.randn(b, generator=generator) * cfg.p_std + cfg.p_mean).exp().to(x0.device)
+    sigma = training_sigmas(cfg, b, generator).to(x0.device)
     keep = (torch.rand(b, generator=generator) >= cfg.cond_drop).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     denoised = model(x0 + sigma[:, None, None] * noise, sigma, query, keep)
     weight = (sigma**2 + cfg.sigma_data**2) / (sigma * cfg.sigma_data) ** 2
     return (weight[:, None, None] * (denoised - x0) ** 2).mean()
+
+
+def training_sigmas(cfg: DiffusionConfig, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n training noise levels: tangent (time-uniform on σ_max·tan(1.5t)/tan(1.5)), lognormal (EDM) or
+    loguniform (log σ uniform on [σ_min, σ_max])."""
+    if cfg.noise == "lognormal":
+        return (torch.randn(n, generator=generator) * cfg.p_std + cfg.p_mean).exp()
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if cfg.noise == "loguniform":
+        lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
+        return (lo + (hi - lo) * u).exp().float()
+    if cfg.noise == "tangent":
+        t_min = math.atan(cfg.sigma_min / cfg.sigma_max * math.tan(1.5)) / 1.5
+        t = t_min + (1 - t_min) * u
+        return (cfg.sigma_max * torch.tan(1.5 * t) / math.tan(1.5)).float()
+    raise ValueError(f"noise must be tangent, lognormal or loguniform, got {cfg.noise!r}")
 
 
 def count_parameters(model: nn.Module) -> int:

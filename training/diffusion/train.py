@@ -55,7 +55,7 @@ def load_model(path: Path) -> SetDenoiser:
 
 def model_from_state(state: dict) -> SetDenoiser:
     """The EMA denoiser of a loaded checkpoint, model or student file."""
-    model = SetDenoiser(DiffusionConfig(**state["model_config"]))
+    model = SetDenoiser(DiffusionConfig(**{"noise": "lognormal", **state["model_config"]}))  # older files: lognormal
     model.load_state_dict(state["ema"])
     model.sigmas = state.get("sigmas")
     return model.eval()
