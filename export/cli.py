@@ -458,10 +458,12 @@ def diffusion_train(
 ) -> None:
     """Train the set denoiser on synthesized pairs (EMA, checkpoints, resume); loss curve beside it."""
     _start(dataset)
-    from training.diffusion.model import DiffusionConfig
+    from training.diffusion.model import NOISES, DiffusionConfig
     from training.diffusion.pairs import load_pairs
     from training.diffusion.train import TrainConfig, train
 
+    if noise not in NOISES:
+        raise typer.BadParameter(f"--noise must be one of {', '.join(NOISES)}, got {noise!r}")
     settings = _settings(dataset, artifacts)
     name = name or f"{dataset}-{task}"
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)

@@ -29,3 +29,9 @@ def test_unknown_strategy_is_refused(data_dir):
     result = runner.invoke(app, ["eval", "--dataset", "polyvore", "--strategies", "single,oracle",
                                  "--data-dir", str(data_dir)])
     assert result.exit_code != 0 and "oracle" in result.output
+
+
+def test_unknown_training_noise_is_refused(tmp_path):
+    result = runner.invoke(app, ["diffusion", "train", "--dataset", "polyvore", "--noise", "cosine",
+                                 "--artifacts", str(tmp_path)])
+    assert result.exit_code != 0 and "must be one of tangent" in result.output

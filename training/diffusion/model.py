@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 
+NOISES = ("tangent", "lognormal", "loguniform")
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     dim: int = 384  # embedding size d
@@ -40,6 +43,10 @@ class DiffusionConfig:
     noise: str = "tangent"  # training noise levels: tangent | lognormal | loguniform (see `training_sigmas`)
     p_mean: float = -1.2  # lognormal only (EDM's image setting)
     p_std: float = 1.2
+
+    def __post_init__(self):
+        if self.noise not in NOISES:
+            raise ValueError(f"noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -180,11 +187,9 @@ def training_sigmas(cfg: DiffusionConfig, n: int, generator: torch.Generator | N
     if cfg.noise == "loguniform":
         lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
         return (lo + (hi - lo) * u).exp().float()
-    if cfg.noise == "tangent":
-        t_min = math.atan(cfg.sigma_min / cfg.sigma_max * math.tan(1.5)) / 1.5
-        t = t_min + (1 - t_min) * u
-        return (cfg.sigma_max * torch.tan(1.5 * t) / math.tan(1.5)).float()
-    raise ValueError(f"noise must be tangent, lognormal or loguniform, got {cfg.noise!r}")
+    t_min = math.atan(cfg.sigma_min / cfg.sigma_max * math.tan(1.5)) / 1.5  # tangent
+    t = t_min + (1 - t_min) * u
+    return (cfg.sigma_max * torch.tan(1.5 * t) / math.tan(1.5)).float()
 
 
 def count_parameters(model: nn.Module) -> int:
