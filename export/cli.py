@@ -424,6 +424,11 @@ def diffusion_synth(
     if reference:
         from training.diffusion.pairs import reference_pairs
 
+        lm_options = {"--policy": policy, "--fanouts": fanouts, "--min-recall": min_recall is not None,
+                      "--samples": samples != 8, "--max-queries": max_queries, "--min-reward": min_reward != 0.0}
+        if used := [flag for flag, value in lm_options.items() if value]:
+            raise typer.BadParameter(f"--reference pairs use no LM and no reward; drop {', '.join(used)}")
+
         encoder_, resolver = _retriever(settings)
         out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-reference")
         report = reference_pairs(encoder_, resolver.store, load_dataset(dataset, data_dir or default_data_dir()), out)

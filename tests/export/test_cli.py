@@ -10,6 +10,11 @@ from export.cli import app
 runner = CliRunner()
 
 
+def flat(output: str) -> str:
+    """The output with the error box's borders and line wraps taken out."""
+    return " ".join(output.replace("│", " ").split())
+
+
 def test_every_stage_is_a_command():
     out = runner.invoke(app, ["--help"]).output
     for command in ("encoder", "index", "eval", "fanout", "diffusion", "export", "bench-store", "serve"):
@@ -34,4 +39,10 @@ def test_unknown_strategy_is_refused(data_dir):
 def test_unknown_training_noise_is_refused(tmp_path):
     result = runner.invoke(app, ["diffusion", "train", "--dataset", "polyvore", "--noise", "cosine",
                                  "--artifacts", str(tmp_path)])
-    assert result.exit_code != 0 and "must be one of tangent" in result.output
+    assert result.exit_code != 0 and "--noise must be one of tangent, lognormal, loguniform" in flat(result.output)
+
+
+def test_reference_pairs_refuse_the_lm_options(tmp_path):
+    result = runner.invoke(app, ["diffusion", "synth", "--dataset", "polyvore", "--reference", "--fanouts", "x.jsonl",
+                                 "--samples", "16", "--artifacts", str(tmp_path)])
+    assert result.exit_code != 0 and "no LM and no reward; drop --fanouts, --samples" in flat(result.output)
