@@ -395,6 +395,7 @@ def _reward_model(dataset: str, task: str, encoder: str | None, artifacts: Path 
 
 @diffusion_app.command("synth")
 def diffusion_synth(
+    ctx: typer.Context,
     dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
     task: str = typer.Option("wscr", help="wscr: targets are sub-query embeddings | oar: retrieved items"),
     encoder: Optional[str] = ENCODER_OPT,
@@ -424,9 +425,9 @@ def diffusion_synth(
     if reference:
         from training.diffusion.pairs import reference_pairs
 
-        lm_options = {"--policy": policy, "--fanouts": fanouts, "--min-recall": min_recall is not None,
-                      "--samples": samples != 8, "--max-queries": max_queries, "--min-reward": min_reward != 0.0}
-        if used := [flag for flag, value in lm_options.items() if value]:
+        lm_options = ("policy", "fanouts", "min_recall", "samples", "max_queries", "min_reward")
+        if used := ["--" + o.replace("_", "-") for o in lm_options  # given, not left at their defaults
+                    if ctx.get_parameter_source(o).name != "DEFAULT"]:
             raise typer.BadParameter(f"--reference pairs use no LM and no reward; drop {', '.join(used)}")
 
         encoder_, resolver = _retriever(settings)
@@ -474,9 +475,10 @@ def diffusion_train(
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)
     model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads,
                                 noise=noise)
+    model_name = model_name or name
     report = train(query, targets, model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=lr),
-                   settings.artifacts_dir / "diffusion" / (model_name or name))
-    typer.echo(f"{model_name or name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
+                   settings.artifacts_dir / "diffusion" / model_name)
+    typer.echo(f"{model_name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
 
 
 @diffusion_app.command("steps")

@@ -60,8 +60,9 @@ def successful(totals: list[float], min_reward: float = 0.0, recalls: list[float
     """Kept fan-outs of one query: reward above `min_reward` and at least the median of the query's rewards,
     and, when `min_recall` is set, recall of the reference set above it."""
     median = float(np.median(totals)) if totals else 0.0
-    return [t > min_reward and t >= median and (min_recall is None or r > min_recall)
-            for t, r in zip(totals, recalls or totals)]
+    if min_recall is None:
+        return [t > min_reward and t >= median for t in totals]
+    return [t > min_reward and t >= median and r > min_recall for t, r in zip(totals, recalls)]
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -135,14 +136,14 @@ def reference_pairs(encoder, store, dataset: Dataset, out_dir: Path, rows: int =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started, rng = time.perf_counter(), np.random.default_rng(seed)
-    sets = [s for s in dataset.split("train") if s.item_ids]
+    index, sets = zip(*[(i, s) for i, s in enumerate(dataset.split("train")) if s.item_ids])
     chosen = [list(rng.permutation(s.item_ids)[:rows]) for s in sets]
     vectors = store.fetch_vectors([i for c in chosen for i in c])
     bounds = np.cumsum([0, *map(len, chosen)])
     targets = [pad_rows(vectors[a:b], rows, rng) for a, b in zip(bounds[:-1], bounds[1:])]
     _save_npz(out_dir / "pairs-00000.npz", query=encoder.encode([s.intent for s in sets]).astype(np.float32),
               targets=np.asarray(targets, np.float32), reward=np.ones(len(sets), np.float32),
-              set_index=np.arange(len(sets), dtype=np.int64))
+              set_index=np.asarray(index, np.int64))
     report = {"dataset": dataset.name, "task": "reference", "policy": None, "queries": len(sets),
               "pairs_total": len(sets), "rows": rows, "seed": seed,
               "seconds_this_run": round(time.perf_counter() - started, 1)}

@@ -7,7 +7,9 @@ the resolver), so the LM is the only torch part here.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,9 +102,6 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
     written atomically under `<out>.parts/`, so a run stopped part-way resumes from its last chunk;
     the parts are joined into `out` and removed at the end.
     """
-    import hashlib
-    import shutil
-
     from service.manifest import write_text_atomic
 
     out = Path(out)
