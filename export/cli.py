@@ -512,6 +512,41 @@ def diffusion_steps(
     typer.echo(f"{out}/diffusion_steps_{dataset}.md")
 
 
+@diffusion_app.command("diagnose")
+def diffusion_diagnose(
+    dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
+    encoder: Optional[str] = ENCODER_OPT,
+    pairs: str = typer.Option(..., help="Pairs directory under <artifacts>/pairs"),
+    model: str = typer.Option("", help="Also test whether this denoiser uses its query"),
+    n: int = typer.Option(100, help="Recall@N cut-off"),
+    sample: int = typer.Option(400, help="Random pairs resolved"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+    out: Path = typer.Option(Path("results"), help="Where diagnose_<dataset>_<pairs>[_<model dir>].json goes"),
+) -> None:
+    """The pairs' own recall on their train sets (vs the plain intent), and a denoiser's use of its query."""
+    _start(dataset)
+    from service.manifest import write_json_atomic
+    from training.data import default_data_dir, load_dataset
+    from training.diffusion.diagnose import pairs_recall, query_use
+    from training.diffusion.pairs import load_pairs
+
+    settings = _settings(dataset, artifacts, encoder)
+    query, targets, set_index = load_pairs(settings.artifacts_dir / "pairs" / pairs, ("set_index",))
+    _, resolver = _retriever(settings)
+    data = load_dataset(dataset, data_dir or default_data_dir())
+    report = {"dataset": dataset, "encoder": settings.encoder, "pairs": pairs,
+              "command": "r4t " + shlex.join(sys.argv[1:]),
+              "pairs_recall": pairs_recall(resolver, data, query, targets, set_index, n, sample)}
+    if model:
+        from training.diffusion.train import load_model
+
+        report["model"], report["query_use"] = model, query_use(load_model(Path(model)), query, targets)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"diagnose_{dataset}_{pairs}{'_' + Path(model).parent.name if model else ''}.json", report)
+    typer.echo(json.dumps(report, indent=1))
+
+
 @diffusion_app.command("distil")
 def diffusion_distil(
     dataset: str = typer.Option("polyvore", help="polyvore | mpd"),

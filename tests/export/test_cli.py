@@ -20,7 +20,7 @@ def test_every_stage_is_a_command():
     for command in ("encoder", "index", "eval", "fanout", "diffusion", "export", "bench-store", "serve"):
         assert command in out
     assert {"train", "latency"} <= set(runner.invoke(app, ["fanout", "--help"]).output.split())
-    assert {"synth", "train", "steps"} <= set(runner.invoke(app, ["diffusion", "--help"]).output.split())
+    assert {"synth", "train", "steps", "diagnose"} <= set(runner.invoke(app, ["diffusion", "--help"]).output.split())
 
 
 @pytest.mark.parametrize("args", [["index", "--dataset", "imagenet"], ["fanout", "train", "--dataset", "x"],

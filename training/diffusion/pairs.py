@@ -151,13 +151,13 @@ def reference_pairs(encoder, store, dataset: Dataset, out_dir: Path, rows: int =
     return report
 
 
-def load_pairs(pairs_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All shards -> (query (n, d), targets (n, L, d)) float32."""
+def load_pairs(pairs_dir: Path, extra: tuple[str, ...] = ()) -> tuple[np.ndarray, ...]:
+    """All shards -> (query (n, d), targets (n, L, d)) float32, then the `extra` arrays (e.g. "set_index")."""
     files = sorted(Path(pairs_dir).glob("pairs-*.npz"))
     if not files:
         raise FileNotFoundError(f"no pairs-*.npz under {pairs_dir}; run `r4t synth` first")
     loaded = [np.load(f) for f in files]
-    return (np.concatenate([x["query"] for x in loaded]), np.concatenate([x["targets"] for x in loaded]))
+    return tuple(np.concatenate([x[k] for x in loaded]) for k in ("query", "targets", *extra))
 
 
 def read_report(pairs_dir: Path) -> dict:
