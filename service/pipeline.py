@@ -75,7 +75,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     depth = opts.mmr.candidates if opts.mmr else opts.limit
     fused = await run_in_threadpool(
         rt.resolver.resolve_many, blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
-        opts.mmr is not None, hnsw_ef=rt.settings.hnsw_ef,
+        opts.mmr is not None, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef,
     )
     if opts.mmr:
         fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]

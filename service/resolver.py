@@ -148,12 +148,13 @@ class Resolver:
         filter: dict | None = None,
         with_vectors: bool = False,
         *,
+        fill: bool = False,
         exact: bool = False,
         hnsw_ef: int | None = None,
     ) -> list[FusedItem]:
         """(K, D) fan-out vectors -> fused items (at most `limit`)."""
         return self.resolve_many(
-            [vectors], limit_per_vector, fusion, limit, filter, with_vectors, exact=exact, hnsw_ef=hnsw_ef
+            [vectors], limit_per_vector, fusion, limit, filter, with_vectors, fill=fill, exact=exact, hnsw_ef=hnsw_ef
         )[0]
 
     def resolve_many(
@@ -165,24 +166,44 @@ class Resolver:
         filter: dict | None = None,
         with_vectors: bool = False,
         *,
+        fill: bool = False,
         exact: bool = False,
         hnsw_ef: int | None = None,
     ) -> list[list[FusedItem]]:
-        """Many queries' (K_i, D) blocks in ONE store call, fused per query; the filter applies to all."""
+        """Many queries' (K_i, D) blocks in ONE store call, fused per query; the filter applies to all.
+
+        fill: fan-outs that overlap can fuse to fewer than `limit` distinct items. Those queries alone are
+        searched again, each vector twice as deep, until they reach `limit` items or their vectors have
+        been searched `limit` deep (one more store call per doubling; with union fusion the items already
+        found keep their places).
+        """
         if fusion not in ("union", "rrf"):  # checked before the search, not after it
             raise ValueError(f"fusion must be 'union' or 'rrf', got {fusion!r}")
         blocks = [_as_block(b, self.store.dim) for b in batches]
-        sizes = [len(b) for b in blocks]
-        if sum(sizes) == 0:
+        if sum(len(b) for b in blocks) == 0:
             return [[] for _ in blocks]
-        stacked = np.concatenate(blocks, axis=0)  # (sum K_i, D)
+        results = self._search(blocks, limit_per_vector, filter, with_vectors, exact, hnsw_ef)
+        depth = limit_per_vector
+        while fill and limit is not None and depth < limit:
+            short = [i for i, hits in enumerate(results) if hits and len({h.id for hs in hits for h in hs}) < limit]
+            if not short:
+                break
+            depth = min(2 * depth, limit)
+            for i, hits in zip(short, self._search([blocks[i] for i in short], depth, filter, with_vectors, exact,
+                                                   hnsw_ef)):
+                results[i] = hits
+        fused = [fuse(hits, fusion, limit) for hits in results]
+        payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
+        return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
+
+    def _search(self, blocks: list[np.ndarray], depth: int, filter, with_vectors, exact, hnsw_ef
+                ) -> list[list[list[Hit]]]:
+        """One store call for every block's vectors -> each block's K ranked hit lists."""
         # Hits carry point ids only: payloads are read once, for the fused items that are returned
         # (the K x limit_per_vector hits' payloads cost more than the search itself).
         results = self.store.search_batch(
-            stacked, limit_per_vector, filter=filter, with_vectors=with_vectors, exact=exact, hnsw_ef=hnsw_ef,
-            with_payload=False,
+            np.concatenate(blocks, axis=0), depth, filter=filter, with_vectors=with_vectors, exact=exact,
+            hnsw_ef=hnsw_ef, with_payload=False,
         )
-        bounds = np.cumsum([0, *sizes])
-        fused = [fuse(results[lo:hi], fusion, limit) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
-        return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
+        bounds = np.cumsum([0, *(len(b) for b in blocks)])
+        return [results[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]

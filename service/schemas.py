@@ -62,6 +62,8 @@ class FanoutOptions(BaseModel):
     strategy: Strategy = Field("diffusion", description="diffusion (one ONNX pass) | llm (fan-out LM) | "
                                                         "single (no fan-out)")
     fusion: Fusion = Field("union", description="union: round robin over the fan-outs' ranks | rrf")
+    fill: bool = Field(True, description="When overlapping fan-outs fuse to fewer than `limit` items, search "
+                                         "those vectors deeper (doubling, up to `limit` each) until they do")
     mmr: MMRParams | None = None
     filter: dict | None = Field(None, description="Qdrant payload filter applied to every fan-out search")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Noise / sampling seed; the response "

@@ -215,12 +215,13 @@ def graph_strategy(name: str, graph, encoder: OnnxEncoder, resolver: Resolver, b
 def retrieve_blocks(resolver: Resolver, blocks: list[np.ndarray], n: int) -> list[Retrieval]:
     """Each query's (m, D) fan-out vectors -> one Retrieval, through ONE `resolve_many` call.
 
-    Each vector gets ceil(N / m) results, so a fan-out reaches N items; the union is fused rank-major,
-    so every vector's top-1 item (its representative) is among the first m fused items.
+    Each vector gets ceil(N / m) results, and vectors whose results overlap are searched deeper until
+    their union holds N distinct items (`fill`), so every strategy is scored on N items. The union is
+    fused rank-major, so every vector's top-1 item (its representative) is among the first m fused items.
     """
     per_vector = max(-(-n // max(len(b), 1)) for b in blocks)
     out = []
-    for block, fused in zip(blocks, resolver.resolve_many(blocks, per_vector, "union", n)):
+    for block, fused in zip(blocks, resolver.resolve_many(blocks, per_vector, "union", n, fill=True)):
         top1 = {p.vector: (it.id, p.score) for it in fused for p in it.found_by if p.rank == 0}
         out.append(Retrieval(vectors=block, nearest=np.array([top1.get(v, ("", -1.0))[1] for v in range(len(block))]),
                              items=[it.id for it in fused],

@@ -50,7 +50,7 @@ def metric(client, name: str, **labels) -> float:
 
 
 def test_diffusion_returns_fused_items_with_provenance_and_timings(client):
-    response = post(client, k=6, limit=12, limit_per_fanout=5, seed=1)
+    response = post(client, k=6, limit=12, limit_per_fanout=5, seed=1, fill=False)
     body = response.json()
     assert body["strategy"] == "diffusion" and body["seed"] == 1
     assert len(body["items"]) == 12 and len(set(ids(body))) == 12
@@ -60,6 +60,15 @@ def test_diffusion_returns_fused_items_with_provenance_and_timings(client):
     assert set(body["timings"]) == {"queue", "sample", "resolve", "total"}
     assert response.headers["server-timing"].startswith("queue;dur=")
     assert "fanouts" not in body and "subqueries" not in body
+
+
+def test_fill_returns_limit_items_when_the_fan_outs_hits_are_too_few(client):
+    short = post(client, k=4, limit=30, limit_per_fanout=2, seed=3, fill=False).json()
+    assert len(short["items"]) <= 4 * 2  # without fill: at most k x limit_per_fanout hits
+    full = post(client, k=4, limit=30, limit_per_fanout=2, seed=3).json()
+    assert len(full["items"]) == 30 and len(set(ids(full))) == 30
+    assert ids(full)[: len(short["items"])] == ids(short)  # deeper union keeps the first items in place
+    assert max(r for it in full["items"] for _, r in it["found_by"]) >= 2  # found below limit_per_fanout
 
 
 def test_single_is_the_query_embedding_search(client):

@@ -184,6 +184,31 @@ def test_resolve_many_equals_per_query_resolve_in_one_call(store, catalog):
     assert many[-1] == [] and all(f.payload["decade"] != 1990 for r in many for f in r)
 
 
+def test_fill_searches_overlapping_fan_outs_deeper_until_limit_items(store, catalog):
+    _, vectors, _ = catalog
+    same = np.repeat(vectors[:1], 4, axis=0)  # four copies of one vector: 3 deep each fuses to 3 items
+    spread = vectors[[1, 200, 400, 600]]  # four far-apart vectors: 3 deep each already gives 12 items
+    counting = CountingStore(store)
+    plain = Resolver(counting).resolve_many([same, spread], 3, limit=10, exact=True)
+    assert [len(r) for r in plain] == [3, 10] and counting.calls == 1
+    filled = Resolver(counting).resolve_many([same, spread], 3, limit=10, fill=True, exact=True)
+    assert [len(r) for r in filled] == [10, 10]
+    assert counting.calls == 1 + 3  # then depths 6 and 10, for the short query alone
+    assert [f.id for f in filled[0][:3]] == [f.id for f in plain[0]]  # union keeps the items already found
+    assert [f.id for f in filled[1]] == [f.id for f in plain[1]]  # the full query was not searched again
+    exact = Resolver(store).resolve(vectors[:1], 10, limit=10, exact=True)
+    assert [f.id for f in filled[0]] == [f.id for f in exact]
+
+
+def test_fill_stops_at_limit_deep_when_a_filter_leaves_fewer_items(store, catalog):
+    _, vectors, _ = catalog
+    only_1990 = {"must": [{"key": "decade", "match": {"value": 1990}}]}
+    n_1990 = len(Resolver(store).resolve(vectors[:1], 1_000, filter=only_1990, exact=True))
+    items = Resolver(store).resolve(np.repeat(vectors[:1], 3, axis=0), 2, limit=n_1990 + 5, filter=only_1990,
+                                    fill=True, exact=True)
+    assert len(items) == n_1990
+
+
 def test_resolve_with_vectors_feeds_mmr(store, catalog):
     _, vectors, _ = catalog
     items = Resolver(store).resolve(vectors[:2], limit_per_vector=10, with_vectors=True)
