@@ -516,34 +516,50 @@ def diffusion_steps(
 def diffusion_diagnose(
     dataset: str = typer.Option("polyvore", help="polyvore | mpd"),
     encoder: Optional[str] = ENCODER_OPT,
-    pairs: str = typer.Option(..., help="Pairs directory under <artifacts>/pairs"),
-    model: str = typer.Option("", help="Also test whether this denoiser uses its query"),
+    pairs: str = typer.Option("", help="Pairs directory under <artifacts>/pairs: their own recall"),
+    model: str = typer.Option("", help="Also test whether this denoiser uses its query (needs --pairs)"),
+    fanouts: Optional[Path] = typer.Option(None, help="A train recording (`r4t fanout record`): the recall of "
+                                                      "the best of k of its fan-outs per set"),
+    samples: int = typer.Option(8, help="Fan-outs per set read from --fanouts"),
+    max_sets: int = typer.Option(0, help="--fanouts: only the first N train sets (0: all)"),
     n: int = typer.Option(100, help="Recall@N cut-off"),
     sample: int = typer.Option(400, help="Random pairs resolved"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
-    out: Path = typer.Option(Path("results"), help="Where diagnose_<dataset>_<pairs>[_<model dir>].json goes"),
+    out: Path = typer.Option(Path("results"), help="Where diagnose_<dataset>_<pairs|recording>[_<model dir>].json "
+                                                   "goes"),
 ) -> None:
-    """The pairs' own recall on their train sets (vs the plain intent), and a denoiser's use of its query."""
+    """Is the limit in the pairs or the denoiser? The pairs' own recall on their train sets (vs the plain intent),
+    a denoiser's use of its query, and the best the recorded fan-outs could give."""
     _start(dataset)
+    if not pairs and not fanouts:
+        raise typer.BadParameter("give --pairs, --fanouts or both")
+    if model and not pairs:
+        raise typer.BadParameter("--model is tested on pairs: give --pairs too")
     from service.manifest import write_json_atomic
     from training.data import default_data_dir, load_dataset
-    from training.diffusion.diagnose import pairs_recall, query_use
+    from training.diffusion.diagnose import fanout_ceiling, pairs_recall, query_use
     from training.diffusion.pairs import load_pairs
 
     settings = _settings(dataset, artifacts, encoder)
-    query, targets, set_index = load_pairs(settings.artifacts_dir / "pairs" / pairs, ("set_index",))
-    _, resolver = _retriever(settings)
+    enc, resolver = _retriever(settings)
     data = load_dataset(dataset, data_dir or default_data_dir())
-    report = {"dataset": dataset, "encoder": settings.encoder, "pairs": pairs,
-              "command": "r4t " + shlex.join(sys.argv[1:]),
-              "pairs_recall": pairs_recall(resolver, data, query, targets, set_index, n, sample)}
+    report = {"dataset": dataset, "encoder": settings.encoder, "command": "r4t " + shlex.join(sys.argv[1:])}
+    if pairs:
+        query, targets, set_index = load_pairs(settings.artifacts_dir / "pairs" / pairs, ("set_index",))
+        report.update(pairs=pairs, pairs_recall=pairs_recall(resolver, data, query, targets, set_index, n, sample))
     if model:
         from training.diffusion.train import load_model
 
         report["model"], report["query_use"] = model, query_use(load_model(Path(model)), query, targets)
+    if fanouts:
+        from training.fanout.infer import RecordedLM
+
+        report["fanouts"] = str(fanouts)
+        report["fanout_ceiling"] = fanout_ceiling(resolver, enc, data, RecordedLM(fanouts), samples, n, max_sets)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / f"diagnose_{dataset}_{pairs}{'_' + Path(model).parent.name if model else ''}.json", report)
+    name = pairs or Path(fanouts).stem
+    write_json_atomic(out / f"diagnose_{dataset}_{name}{'_' + Path(model).parent.name if model else ''}.json", report)
     typer.echo(json.dumps(report, indent=1))
 
 

@@ -1,13 +1,19 @@
-"""`r4t diffusion diagnose` on real Polyvore: the pairs' own recall, and whether a denoiser uses its query."""
+"""`r4t diffusion diagnose` on real Polyvore: the pairs' own recall, whether a denoiser uses its query, and the
+best the recorded fan-outs could give."""
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import numpy as np
+import pytest
 import torch
 
-from training.diffusion.diagnose import pairs_recall, query_use
+from training.diffusion.diagnose import expected_best_of, fanout_ceiling, pairs_recall, query_use
 from training.diffusion.model import DiffusionConfig, SetDenoiser
 from training.diffusion.pairs import load_pairs, reference_pairs
+from training.fanout.infer import RecordedLM
 
 
 def test_reference_targets_find_their_own_sets_better_than_the_intent(polyvore, encoder, resolver, tmp_path):
@@ -35,3 +41,27 @@ def test_query_use_tells_a_conditioned_denoiser_from_one_that_ignores_its_query(
         torch.nn.init.normal_(p, std=0.05)
     levels = query_use(seeing.eval(), query, targets, sigmas=(80.0,))["80.0"]
     assert levels["with_query"] != levels["null"] and levels["with_query"] != levels["shuffled"]
+
+
+def test_expected_best_of_equals_the_mean_over_all_subsets():
+    values = np.array([0.3, 0.0, 0.7, 0.1, 0.7])
+    for k in range(1, 7):
+        subsets = list(itertools.combinations(values, min(k, len(values))))
+        assert expected_best_of(values, k) == pytest.approx(np.mean([max(c) for c in subsets]))
+
+
+def test_fanout_ceiling_scores_each_recorded_fanout_on_its_own_set(polyvore, encoder, resolver, tmp_path):
+    sets = polyvore.split("train")[:12]
+    own = lambda s: json.dumps([polyvore.items[i].text for i in s.item_ids])  # noqa: E731 the set's own items
+    texts = {s.intent: [f"<queries>{own(s)}</queries>", "no list here",
+                        '<queries>["garden hose", "car battery"]</queries>'] for s in sets}
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([json.dumps({"meta": {"dataset": "polyvore"}})] +
+                              [json.dumps({"query": q, "seed": 0, "texts": t}) for q, t in texts.items()]))
+    report = fanout_ceiling(resolver, encoder, polyvore, RecordedLM(path), samples=3, n=100, max_sets=12, chunk=5)
+    assert report["sets"] == 12 and report["sets_with_a_parsed_fanout"] == 12
+    assert report["parsed_fanouts"] == 24  # "no list here" gives no sub-queries
+    best = report["best_of_k_parsed"]
+    assert best[1] < best[2] and best[2] > 0.8  # the items' own texts find their items; the hardware does not
+    assert report["share_best_beats_plain"] > 0.5
+    assert 0 <= report["plain_intent"] < best[2]

@@ -5,6 +5,9 @@
   sets. This is the recall a perfect imitation of the pairs would reach on its own training data.
 - `query_use`: a denoiser's x0 error on pairs with its query, with the null token, and with the queries
   shuffled across the batch, at fixed noise levels. A denoiser that ignores its query scores the same.
+- `fanout_ceiling`: every recorded fan-out of the train sets, resolved as the eval resolves R4T-FOLM's, and the
+  expected best of k of them chosen with the label. No rule for "successful" can keep pairs better than the
+  best of the samples, so this bounds what more samples per query (the paper's 128) could give.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from training.data import Dataset
 from training.evaluate import retrieve_blocks
+from training.metrics import recall as set_recall
 
 
 def pairs_recall(resolver, dataset: Dataset, query: np.ndarray, targets: np.ndarray, set_index: np.ndarray,
@@ -52,3 +56,49 @@ def query_use(model, query: np.ndarray, targets: np.ndarray, sigmas=(1.0, 5.0, 2
                                for name, qv, keep in [("with_query", q, on), ("null", q, off),
                                                       ("shuffled", shuffled, on)]}
     return out
+
+
+def expected_best_of(values: np.ndarray, k: int) -> float:
+    """E[max] of k values drawn without replacement from `values` (exact: the j-th smallest is the max of a
+    k-subset in C(j-1, k-1) of the C(m, k) subsets)."""
+    v, m = np.sort(np.asarray(values, dtype=float)), len(values)
+    if k >= m:
+        return float(v[-1])
+    weights = np.array([math.comb(j - 1, k - 1) for j in range(1, m + 1)], dtype=float) / math.comb(m, k)
+    return float(weights @ v)
+
+
+def fanout_ceiling(resolver, encoder, dataset: Dataset, lm, samples: int, n: int, max_sets: int = 0,
+                   chunk: int = 64, seed: int = 0) -> dict:
+    """Recall@n on the train sets of the plain intent and of each of `samples` recorded fan-outs per intent
+    (`lm`: a `RecordedLM`), and the expected best of k parsed fan-outs, k = 1, 2, 4, ... up to `samples`."""
+    sets = dataset.split("train")
+    sets = sets[:max_sets] if max_sets else sets
+    plain, per_set = [], []  # per_set: the recalls of one set's fan-outs that have sub-queries
+    for lo in range(0, len(sets), chunk):
+        part = sets[lo : lo + chunk]
+        intents = [s.intent for s in part]
+        found = retrieve_blocks(resolver, [v[None] for v in encoder.encode(intents)], n)
+        plain += [set_recall(s.item_ids, r.items) for s, r in zip(part, found)]
+        groups = lm.sample(intents, samples, seed=seed)
+        owned = [(j, f.queries) for j, g in enumerate(groups) for f in g if f.queries]
+        mine: list[list[float]] = [[] for _ in part]
+        if owned:
+            vectors = encoder.encode([q for _, qs in owned for q in qs])
+            bounds = np.cumsum([0, *(len(qs) for _, qs in owned)])
+            blocks = [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            for (j, _), r in zip(owned, retrieve_blocks(resolver, blocks, n)):
+                mine[j].append(set_recall(part[j].item_ids, r.items))
+        per_set += mine
+    plain_arr = np.array(plain)
+    have = np.array([bool(r) for r in per_set])
+    best = np.array([max(r) if r else 0.0 for r in per_set])
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= samples]
+    return {"n": n, "sets": len(sets), "samples": samples, "sets_with_a_parsed_fanout": int(have.sum()),
+            "parsed_fanouts": int(sum(map(len, per_set))),
+            "plain_intent": round(float(plain_arr.mean()), 4),
+            "plain_intent_on_sets_with_fanouts": round(float(plain_arr[have].mean()), 4),
+            "mean_parsed_fanout": round(float(np.mean([x for r in per_set for x in r])), 4),
+            "best_of_k_parsed": {k: round(float(np.mean([expected_best_of(r, k) for r in per_set if r])), 4)
+                                 for k in ks},
+            "share_best_beats_plain": round(float((best[have] > plain_arr[have]).mean()), 4)}
