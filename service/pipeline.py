@@ -2,7 +2,8 @@
 
 `diffusion` runs the exported graph once for all queries of a micro-batch; `single` embeds the query
 (the no-fan-out baseline); `llm` asks the fan-out LM for sub-queries and embeds them. Every strategy
-resolves all of its vectors in ONE `Resolver.resolve_many` call, then MMR re-ranks when asked.
+resolves all of its vectors in ONE `Resolver.resolve_many` call (plus one per `fill` doubling for queries
+whose hits overlap), then MMR re-ranks when asked.
 """
 
 from __future__ import annotations

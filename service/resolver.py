@@ -170,7 +170,7 @@ class Resolver:
         exact: bool = False,
         hnsw_ef: int | None = None,
     ) -> list[list[FusedItem]]:
-        """Many queries' (K_i, D) blocks in ONE store call, fused per query; the filter applies to all.
+        """Many queries' (K_i, D) blocks in ONE store call (without `fill`), fused per query; the filter applies to all.
 
         fill: fan-outs that overlap can fuse to fewer than `limit` distinct items. Those queries alone are
         searched again, each vector twice as deep, until they reach `limit` items or their vectors have
