@@ -205,13 +205,14 @@ def evaluate(
     from training import evaluate as ev
     from training.data import default_data_dir, load_dataset
 
-    cfg = ev.EvalConfig(dataset=dataset, splits=tuple(splits.split(",")), max_queries=max_queries,
-                        n_values=tuple(int(x) for x in n.split(",") if x), vendi_runs=vendi_runs)
-    ds = load_dataset(dataset, data_dir or default_data_dir())
     names = strategies.split(",")
     unknown = set(names) - set(STRATEGIES)
     if unknown:
         raise typer.BadParameter(f"unknown strategies {sorted(unknown)}; choose from {', '.join(STRATEGIES)}")
+    cfg = ev.EvalConfig(dataset=dataset, splits=tuple(splits.split(",")), max_queries=max_queries,
+                        n_values=tuple(int(x) for x in n.split(",") if x), vendi_runs=vendi_runs,
+                        strategies=tuple(names))
+    ds = load_dataset(dataset, data_dir or default_data_dir())
     settings = _settings(dataset, artifacts)
     folm = folm or str(settings.artifacts_dir / "fanout" / f"{dataset}-wscr" / "model")
     diffusion_model = str(_denoiser_path(settings, diffusion_model))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tqdm import tqdm
 
 from training.data import Dataset
 from training.evaluate import retrieve_blocks
@@ -75,7 +76,7 @@ def fanout_ceiling(resolver, encoder, dataset: Dataset, lm, samples: int, n: int
     sets = dataset.split("train")
     sets = sets[:max_sets] if max_sets else sets
     plain, per_set = [], []  # per_set: the recalls of one set's fan-outs that have sub-queries
-    for lo in range(0, len(sets), chunk):
+    for lo in tqdm(range(0, len(sets), chunk), desc=f"fan-outs of {dataset.name} train", unit="chunk"):
         part = sets[lo : lo + chunk]
         intents = [s.intent for s in part]
         found = retrieve_blocks(resolver, [v[None] for v in encoder.encode(intents)], n)
