@@ -29,12 +29,12 @@ def pairs_recall(resolver, dataset: Dataset, query: np.ndarray, targets: np.ndar
     idx = np.random.default_rng(seed).choice(len(query), min(sample, len(query)), replace=False)
     refs = [train[set_index[i]].item_ids for i in idx]
 
-    def recall(blocks: list[np.ndarray]) -> float:
+    def mean_recall(blocks: list[np.ndarray]) -> float:
         found = retrieve_blocks(resolver, blocks, n)
-        return float(np.mean([len(set(r.items) & set(ref)) / len(ref) for r, ref in zip(found, refs)]))
+        return float(np.mean([set_recall(ref, r.items) for r, ref in zip(found, refs)]))
 
-    return {"n": n, "pairs": len(idx), "targets": round(recall(list(targets[idx])), 4),
-            "plain_intent": round(recall([query[i][None] for i in idx]), 4)}
+    return {"n": n, "pairs": len(idx), "targets": round(mean_recall(list(targets[idx])), 4),
+            "plain_intent": round(mean_recall([query[i][None] for i in idx]), 4)}
 
 
 def query_use(model, query: np.ndarray, targets: np.ndarray, sigmas=(1.0, 5.0, 20.0, 80.0), sample: int = 1024,
