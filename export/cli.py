@@ -408,6 +408,8 @@ def diffusion_synth(
                                                "a negative floor keeps a zero-shot policy's best tries"),
     min_recall: Optional[float] = typer.Option(None, help="WSCR: keep only fan-outs recalling more than this of the "
                                                           "reference set (0: found at least one item)"),
+    quantile: float = typer.Option(0.5, min=0.0, max=1.0, help="Keep fan-outs scoring at least this quantile of "
+                                                               "their query's rewards (0.5: the median)"),
     name: str = typer.Option("", help="Pairs directory under <artifacts>/pairs; default <dataset>-<task>"),
     fanouts: Optional[Path] = typer.Option(None, help="Score these `r4t fanout record --splits train` samples "
                                                       "instead of sampling here"),
@@ -426,7 +428,7 @@ def diffusion_synth(
     if reference:
         from training.diffusion.pairs import reference_pairs
 
-        lm_options = ("policy", "fanouts", "min_recall", "samples", "max_queries", "min_reward")
+        lm_options = ("policy", "fanouts", "min_recall", "quantile", "samples", "max_queries", "min_reward")
         if used := ["--" + o.replace("_", "-") for o in lm_options  # given, not left at their defaults
                     if ctx.get_parameter_source(o).name != "DEFAULT"]:
             raise typer.BadParameter(f"--reference pairs use no LM and no reward; drop {', '.join(used)}")
@@ -443,7 +445,7 @@ def diffusion_synth(
     report = synthesize(lm, _reward_model(dataset, task, encoder, artifacts),
                         load_dataset(dataset, data_dir or default_data_dir()), out,
                         SynthConfig(samples=samples, max_queries=max_queries, min_reward=min_reward,
-                                   min_recall=min_recall))
+                                   min_recall=min_recall, quantile=quantile))
     typer.echo(f"{out}: {report['pairs_total']} pairs from {report['queries']} intents")
 
 

@@ -42,6 +42,16 @@ def test_a_recall_floor_drops_well_formed_misses():
     assert successful(totals, -1.0, recalls, min_recall=0.03) == [False, False, False, False]
 
 
+def test_a_higher_quantile_keeps_only_the_best_tries():
+    totals = [-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6]
+    assert sum(successful(totals, -1.0)) == 4  # the median: the better half
+    assert successful(totals, -1.0, quantile=0.875) == [False] * 7 + [True]  # bar 0.425: the best one
+    assert sum(successful(totals, -1.0, quantile=0.75)) == 2
+    assert successful([0.1, 0.1, 0.1], quantile=1.0) == [True, True, True]  # ties at the bar all stay
+    with pytest.raises(ValueError):
+        successful(totals, quantile=1.5)
+
+
 def test_synthesis_writes_resumable_shards(polyvore, encoder, resolver, policy_artifacts, tmp_path):
     lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SampleConfig(dataset="polyvore", max_new_tokens=24))
     rewards = RewardModel(encoder, resolver, RewardConfig(task="wscr", depth=50))

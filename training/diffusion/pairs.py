@@ -3,7 +3,8 @@
 For each train intent the LM samples G fan-outs; each is scored with the training reward through the
 serving retriever. A fan-out is kept when it is successful: its reward is above a floor (0 by default)
 and at least the median of its query's G rewards (so every query contributes its better half, and a
-query whose samples all failed contributes nothing); for WSCR `min_recall` can also ask that it found
+query whose samples all failed contributes nothing; `quantile` raises the bar, e.g. 0.875 keeps the
+best 4 of 32, an average of best-of-8 picks); for WSCR `min_recall` can also ask that it found
 some of the reference set, so a weak policy's best-formatted misses are not taught as successes.
 Targets (paper §3):
 - WSCR: the sub-query embeddings (the model learns the search decomposition);
@@ -43,6 +44,7 @@ class SynthConfig:
     seed: int = 0
     min_reward: float = 0.0  # kept fan-outs score above this (and at least their query's median)
     min_recall: float | None = None  # WSCR: kept fan-outs also recall more than this of the reference set
+    quantile: float = 0.5  # kept fan-outs score at least this quantile of their query's rewards (0.5: median)
 
 
 def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,13 +58,15 @@ def pad_rows(rows: np.ndarray, length: int, rng: np.random.Generator) -> np.ndar
 
 
 def successful(totals: list[float], min_reward: float = 0.0, recalls: list[float] | None = None,
-               min_recall: float | None = None) -> list[bool]:
-    """Kept fan-outs of one query: reward above `min_reward` and at least the median of the query's rewards,
-    and, when `min_recall` is set, recall of the reference set above it."""
-    median = float(np.median(totals)) if totals else 0.0
+               min_recall: float | None = None, quantile: float = 0.5) -> list[bool]:
+    """Kept fan-outs of one query: reward above `min_reward` and at least the `quantile` of the query's rewards
+    (the median by default), and, when `min_recall` is set, recall of the reference set above it."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
+    bar = float(np.quantile(totals, quantile)) if totals else 0.0
     if min_recall is None:
-        return [t > min_reward and t >= median for t in totals]
-    return [t > min_reward and t >= median and r > min_recall for t, r in zip(totals, recalls)]
+        return [t > min_reward and t >= bar for t in totals]
+    return [t > min_reward and t >= bar and r > min_recall for t, r in zip(totals, recalls)]
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -95,7 +99,8 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
         kept = []  # (set index in chunk, fan-out, reward) of the successful fan-outs, in query order
         for j in range(len(chunk)):
             mine = [(f, r) for (jj, f), r in zip(flat, scored) if jj == j]
-            keep = successful([r.total for _, r in mine], cfg.min_reward, [r.recall for _, r in mine], cfg.min_recall)
+            keep = successful([r.total for _, r in mine], cfg.min_reward, [r.recall for _, r in mine], cfg.min_recall,
+                              cfg.quantile)
             chosen = [(j, f, r) for (f, r), k in zip(mine, keep) if k and f.queries]
             stats["queries_with_pairs"] += bool(chosen)
             kept += chosen
