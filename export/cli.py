@@ -527,6 +527,8 @@ def diffusion_diagnose(
     max_sets: int = typer.Option(0, help="--fanouts: only the first N train sets (0: all)"),
     n: int = typer.Option(100, help="Recall@N cut-off"),
     sample: int = typer.Option(400, help="Random pairs resolved"),
+    transfer: bool = typer.Option(False, help="--pairs: also score each val and test set with the pairs of its "
+                                              "nearest train intent (first 100 sets, as the eval)"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where diagnose_<dataset>_<pairs|recording>[_<model dir>].json "
@@ -537,11 +539,11 @@ def diffusion_diagnose(
     _start(dataset)
     if not pairs and not fanouts:
         raise typer.BadParameter("give --pairs, --fanouts or both")
-    if model and not pairs:
-        raise typer.BadParameter("--model is tested on pairs: give --pairs too")
+    if (model or transfer) and not pairs:
+        raise typer.BadParameter("--model and --transfer are tested on pairs: give --pairs too")
     from service.manifest import write_json_atomic
     from training.data import default_data_dir, load_dataset
-    from training.diffusion.diagnose import fanout_ceiling, pairs_recall, query_use
+    from training.diffusion.diagnose import fanout_ceiling, neighbour_transfer, pairs_recall, query_use
     from training.diffusion.pairs import load_pairs
 
     settings = _settings(dataset, artifacts, encoder)
@@ -551,6 +553,9 @@ def diffusion_diagnose(
     if pairs:
         query, targets, set_index = load_pairs(settings.artifacts_dir / "pairs" / pairs, ("set_index",))
         report.update(pairs=pairs, pairs_recall=pairs_recall(resolver, data, query, targets, set_index, n, sample))
+    if transfer:
+        report["neighbour_transfer"] = {split: neighbour_transfer(resolver, enc, data, query, targets, n, split)
+                                        for split in ("val", "test")}
     if model:
         from training.diffusion.train import load_model
 

@@ -49,7 +49,8 @@ def test_reference_pairs_refuse_the_lm_options(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [([], "give --pairs, --fanouts or both"),
-                                           (["--fanouts", "x.jsonl", "--model", "m.pt"], "--model is tested on pairs")])
+                                           (["--fanouts", "x.jsonl", "--model", "m.pt"], "are tested on pairs"),
+                                           (["--fanouts", "x.jsonl", "--transfer"], "are tested on pairs")])
 def test_diagnose_needs_something_to_diagnose(tmp_path, args, message):
     result = runner.invoke(app, ["diffusion", "diagnose", "--dataset", "polyvore", "--artifacts", str(tmp_path), *args])
     assert result.exit_code != 0 and message in flat(result.output)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.diffusion.diagnose import expected_best_of, fanout_ceiling, pairs_recall, query_use
+from training.diffusion.diagnose import (expected_best_of, fanout_ceiling, neighbour_transfer, pairs_recall,
+                                         query_use)
 from training.diffusion.model import DiffusionConfig, SetDenoiser
 from training.diffusion.pairs import load_pairs, reference_pairs
 from training.fanout.infer import RecordedLM
@@ -65,3 +66,17 @@ def test_fanout_ceiling_scores_each_recorded_fanout_on_its_own_set(polyvore, enc
     assert best[1] < best[2] and best[2] > 0.8  # the items' own texts find their items; the hardware does not
     assert report["share_best_beats_plain"] > 0.5
     assert 0 <= report["plain_intent"] < best[2]
+
+
+def test_neighbour_transfer_hands_each_set_the_pairs_of_its_nearest_intent(polyvore, encoder, resolver):
+    sets = [s for s in polyvore.split("val") if len(s.item_ids) >= 2][:8]
+    query = encoder.encode([s.intent for s in sets])
+    own = np.stack([resolver.store.fetch_vectors(list(s.item_ids[:2])) for s in sets])  # 2 rows of its own items
+    own_report = neighbour_transfer(resolver, encoder, polyvore, query, own, n=100, split="val", max_sets=len(sets))
+    assert own_report["sets"] == len(sets) and own_report["pairs_resolved"] >= len(sets)
+    assert own_report["mean_cosine_to_nearest"] > 0.99  # each set's nearest intent is its own
+    assert own_report["neighbour_targets"] > 0.3  # its own items find themselves
+    shifted = neighbour_transfer(resolver, encoder, polyvore, query, np.roll(own, 1, axis=0), n=100, split="val",
+                                 max_sets=len(sets))
+    assert shifted["neighbour_targets"] < own_report["neighbour_targets"]  # another set's items mostly miss
+    assert shifted["plain_intent"] == own_report["plain_intent"]

@@ -8,6 +8,9 @@
 - `fanout_ceiling`: every recorded fan-out of the train sets, resolved as the eval resolves R4T-FOLM's, and the
   expected best of k of them chosen with the label. No rule for "successful" can keep pairs better than the
   best of the samples, so this bounds what more samples per query (the paper's 128) could give.
+- `neighbour_transfer`: each held-out set gets the kept target sets of its nearest train intent, resolved the
+  same way. A lookup that a denoiser could learn without generalising beyond its neighbours: if the pairs do not
+  transfer to the next intent, they carry little that the intent alone predicts.
 """
 
 from __future__ import annotations
@@ -103,3 +106,25 @@ def fanout_ceiling(resolver, encoder, dataset: Dataset, lm, samples: int, n: int
             "best_of_k_parsed": {k: round(float(np.mean([expected_best_of(r, k) for r in per_set if r])), 4)
                                  for k in ks},
             "share_best_beats_plain": round(float((best[have] > plain_arr[have]).mean()), 4)}
+
+
+def neighbour_transfer(resolver, encoder, dataset: Dataset, query: np.ndarray, targets: np.ndarray, n: int,
+                       split: str = "val", max_sets: int = 100) -> dict:
+    """Recall@n on the first `max_sets` sets of `split` of the target sets kept for the nearest train intent
+    (cosine of the intent embeddings; the mean over that intent's pairs), beside the plain intent."""
+    sets = dataset.split(split)
+    sets = sets[:max_sets] if max_sets else sets
+    keys, owner = np.unique(query.round(6), axis=0, return_inverse=True)  # one row per train intent
+    owner = owner.reshape(-1)
+    vecs = encoder.encode([s.intent for s in sets])
+    nearest = (vecs @ keys.T).argmax(axis=1)
+    picked = [(i, p) for i, key in enumerate(nearest) for p in np.flatnonzero(owner == key)]
+    found = retrieve_blocks(resolver, [targets[p] for _, p in picked], n)
+    per_set: list[list[float]] = [[] for _ in sets]
+    for (i, _), r in zip(picked, found):
+        per_set[i].append(set_recall(sets[i].item_ids, r.items))
+    plain = [set_recall(s.item_ids, r.items) for s, r in zip(sets, retrieve_blocks(resolver, [v[None] for v in vecs], n))]
+    return {"n": n, "split": split, "sets": len(sets), "pairs_resolved": len(picked),
+            "mean_cosine_to_nearest": round(float((vecs * keys[nearest]).sum(axis=1).mean()), 4),
+            "neighbour_targets": round(float(np.mean([np.mean(r) for r in per_set])), 4),
+            "plain_intent": round(float(np.mean(plain)), 4)}
