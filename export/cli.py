@@ -460,6 +460,8 @@ def diffusion_train(
     heads: int = typer.Option(4, help="Attention heads"),
     lr: float = typer.Option(3e-4, help="AdamW learning rate"),
     noise: str = typer.Option("tangent", help="Training noise levels: tangent (paper) | lognormal (EDM) | loguniform"),
+    relative: bool = typer.Option(False, help="Generate each row as an offset from the query embedding, so what a "
+                                              "pair teaches moves with the intent"),
     name: str = typer.Option("", help="Pairs under <artifacts>/pairs and model under <artifacts>/diffusion; "
                                       "default <dataset>-<task>"),
     model_name: str = typer.Option("", help="Model under <artifacts>/diffusion; default the pairs' name"),
@@ -477,7 +479,7 @@ def diffusion_train(
     name = name or f"{dataset}-{task}"
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)
     model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads,
-                                noise=noise)
+                                noise=noise, relative=relative)
     model_name = model_name or name
     report = train(query, targets, model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=lr),
                    settings.artifacts_dir / "diffusion" / model_name)

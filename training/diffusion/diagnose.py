@@ -42,12 +42,12 @@ def pairs_recall(resolver, dataset: Dataset, query: np.ndarray, targets: np.ndar
 
 def query_use(model, query: np.ndarray, targets: np.ndarray, sigmas=(1.0, 5.0, 20.0, 80.0), sample: int = 1024,
               seed: int = 0) -> dict:
-    """{sigma: {with_query, null, shuffled}} x0 MSE on `sample` pairs (rows scaled by sqrt(d), as in training)."""
+    """{sigma: {with_query, null, shuffled}} x0 MSE on `sample` pairs (in the model's own space, as in training)."""
     import torch
 
     idx = np.random.default_rng(seed).choice(len(query), min(sample, len(query)), replace=False)
-    x = torch.from_numpy(targets[idx]).float() * math.sqrt(targets.shape[-1])
     q = torch.from_numpy(query[idx]).float()
+    x = model.to_x0(torch.from_numpy(targets[idx]).float(), q)
     b = len(x)
     on, off = torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)
     shuffled = q[torch.randperm(b, generator=torch.Generator().manual_seed(seed + 1))]

@@ -18,7 +18,6 @@ students sample with guidance 1.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,7 +100,7 @@ def distil(teacher: SetDenoiser, query: np.ndarray, targets: np.ndarray, cfg: Di
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     q = torch.from_numpy(query).float()
-    x0 = torch.from_numpy(targets).float() * math.sqrt(teacher.cfg.dim)
+    x0 = teacher.to_x0(torch.from_numpy(targets).float(), q)
     sigmas = karras_sigmas(cfg.start_steps, teacher.cfg.sigma_min, teacher.cfg.sigma_max)
     rows = []
     for r, steps in enumerate(cfg.rounds()):

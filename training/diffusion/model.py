@@ -43,6 +43,7 @@ class DiffusionConfig:
     noise: str = "tangent"  # training noise levels: tangent | lognormal | loguniform (see `training_sigmas`)
     p_mean: float = -1.2  # lognormal only (EDM's image setting)
     p_std: float = 1.2
+    relative: bool = False  # rows are offsets from the query (x0 = sqrt(d)·(Z − z_q)); see `to_x0`
 
     def __post_init__(self):
         if self.noise not in NOISES:
@@ -125,6 +126,18 @@ class SetDenoiser(nn.Module):
         self.out = nn.Linear(w, cfg.dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    def to_x0(self, rows: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) unit target rows -> the space the denoiser works in: rows scaled by sqrt(d) or, when
+        `relative`, their offsets from the query. An offset learned on one intent moves with the intent,
+        so a pair's shape carries to a nearby held-out intent (`r4t diffusion diagnose --transfer`)."""
+        x = rows - query[:, None, :] if self.cfg.relative else rows
+        return x * math.sqrt(self.cfg.dim)
+
+    def to_rows(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_x0`, then L2-normalised: (B, L, d) unit vectors to search with."""
+        x = x / math.sqrt(self.cfg.dim)
+        return nn.functional.normalize(x + query[:, None, :] if self.cfg.relative else x, dim=-1)
 
     def raw(self, x: torch.Tensor, c_noise: torch.Tensor, query: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """F: the network inside the preconditioning."""

@@ -6,8 +6,6 @@ export can unroll the same loop over the same sigmas.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from training.diffusion.model import SetDenoiser
@@ -54,4 +52,4 @@ def sample(model: SetDenoiser, query: torch.Tensor, noise: torch.Tensor, sigmas:
             d_next = (x_next - _denoise(model, x_next, s_next, query, guidance)) / s_next
             x_next = x + (s_next - s) * (d + d_next) / 2
         x = x_next
-    return torch.nn.functional.normalize(x / math.sqrt(model.cfg.dim), dim=-1)
+    return model.to_rows(x, query)

@@ -1,6 +1,6 @@
 """`r4t diffusion train`: fit the set denoiser on synthesized pairs (EMA, checkpoints, resume).
 
-Targets and queries are unit vectors; rows are scaled by sqrt(d) for the EDM noise schedule. A
+Targets and queries are unit vectors; the model maps rows into its space (`SetDenoiser.to_x0`). A
 checkpoint (model, EMA, optimizer, step, loss history) is written atomically every `ckpt_every`
 steps and at the end; a rerun resumes from it. The EMA weights are what sampling and export use.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import csv
 import logging
-import math
 import os
 import tempfile
 import time
@@ -53,9 +52,14 @@ def load_model(path: Path) -> SetDenoiser:
     return model_from_state(torch.load(path, map_location="cpu", weights_only=False))
 
 
+def _config(state: dict) -> DiffusionConfig:
+    """The model config a file was written with; older files lack later fields and load as they were trained."""
+    return DiffusionConfig(**{"noise": "lognormal", **state["model_config"]})  # before `noise`: log-normal
+
+
 def model_from_state(state: dict) -> SetDenoiser:
     """The EMA denoiser of a loaded checkpoint, model or student file."""
-    model = SetDenoiser(DiffusionConfig(**{"noise": "lognormal", **state["model_config"]}))  # older files: lognormal
+    model = SetDenoiser(_config(state))
     model.load_state_dict(state["ema"])
     model.sigmas = state.get("sigmas")
     return model.eval()
@@ -73,11 +77,9 @@ def train(query: np.ndarray, targets: np.ndarray, model_cfg: DiffusionConfig, cf
     order = rng.permutation(len(query))
     n_val = max(1, int(len(order) * cfg.val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    scale = math.sqrt(model_cfg.dim)
     q = torch.from_numpy(query).float()
-    x = torch.from_numpy(targets).float() * scale
-
     model = SetDenoiser(model_cfg)
+    x = model.to_x0(torch.from_numpy(targets).float(), q)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
@@ -86,7 +88,7 @@ def train(query: np.ndarray, targets: np.ndarray, model_cfg: DiffusionConfig, cf
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         same_run = {**state["train_config"], "steps": 0} == {**asdict(cfg), "steps": 0}  # steps may grow
-        if state["model_config"] != model_cfg.as_dict() or not same_run:
+        if _config(state) != model_cfg or not same_run:
             raise ValueError(f"{ckpt} was written by another config; pick another output directory")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
