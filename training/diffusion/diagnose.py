@@ -109,22 +109,36 @@ def fanout_ceiling(resolver, encoder, dataset: Dataset, lm, samples: int, n: int
 
 
 def neighbour_transfer(resolver, encoder, dataset: Dataset, query: np.ndarray, targets: np.ndarray, n: int,
-                       split: str = "val", max_sets: int = 100) -> dict:
+                       split: str = "val", max_sets: int = 100, seed: int = 0) -> dict:
     """Recall@n on the first `max_sets` sets of `split` of the target sets kept for the nearest train intent
-    (cosine of the intent embeddings; the mean over that intent's pairs), beside the plain intent."""
+    (cosine of the intent embeddings; the mean over that intent's pairs), beside the plain intent.
+
+    Three lookups: the targets as they are; moved by the intents' difference (rows - z_train + z_new,
+    renormalised: what a `relative` denoiser carries over); and, as the control, a random train intent's
+    targets moved the same way. Where the control matches the nearest intent's, the pairs carry nothing
+    specific to their intent beyond staying near it.
+    """
     sets = dataset.split(split)
     sets = sets[:max_sets] if max_sets else sets
     keys, owner = np.unique(query.round(6), axis=0, return_inverse=True)  # one row per train intent
     owner = owner.reshape(-1)
     vecs = encoder.encode([s.intent for s in sets])
     nearest = (vecs @ keys.T).argmax(axis=1)
-    picked = [(i, p) for i, key in enumerate(nearest) for p in np.flatnonzero(owner == key)]
-    found = retrieve_blocks(resolver, [targets[p] for _, p in picked], n)
-    per_set: list[list[float]] = [[] for _ in sets]
-    for (i, _), r in zip(picked, found):
-        per_set[i].append(set_recall(sets[i].item_ids, r.items))
+    other = np.random.default_rng(seed).integers(0, len(keys), len(sets))
+
+    def lookup(chosen: np.ndarray, moved: bool) -> float:
+        picked = [(i, p) for i, key in enumerate(chosen) for p in np.flatnonzero(owner == key)]
+        blocks = [targets[p] - query[p] + vecs[i] if moved else targets[p] for i, p in picked]
+        blocks = [b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks]
+        per_set: list[list[float]] = [[] for _ in sets]
+        for (i, _), r in zip(picked, retrieve_blocks(resolver, blocks, n)):
+            per_set[i].append(set_recall(sets[i].item_ids, r.items))
+        return round(float(np.mean([np.mean(r) for r in per_set])), 4)
+
     plain = [set_recall(s.item_ids, r.items) for s, r in zip(sets, retrieve_blocks(resolver, [v[None] for v in vecs], n))]
-    return {"n": n, "split": split, "sets": len(sets), "pairs_resolved": len(picked),
+    return {"n": n, "split": split, "sets": len(sets),
             "mean_cosine_to_nearest": round(float((vecs * keys[nearest]).sum(axis=1).mean()), 4),
-            "neighbour_targets": round(float(np.mean([np.mean(r) for r in per_set])), 4),
+            "neighbour_targets": lookup(nearest, moved=False),
+            "neighbour_offsets": lookup(nearest, moved=True),
+            "random_intent_offsets": lookup(other, moved=True),
             "plain_intent": round(float(np.mean(plain)), 4)}
