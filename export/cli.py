@@ -28,7 +28,7 @@ fanout_app = typer.Typer(help="Step (i): the fan-out LM and its GRPO training.",
 app.add_typer(fanout_app, name="fanout")
 
 DATASETS = ("polyvore", "mpd")
-STRATEGIES = ("single", "mmr", "neighbours", "zero-shot", "best-of-5", "folm", "diffusion", "graph")
+STRATEGIES = ("single", "mmr", "jitter", "neighbours", "zero-shot", "best-of-5", "folm", "diffusion", "graph")
 DEFAULT_POLICY = "smollm2-135m-instruct"  # = training.fanout.policy.DEFAULT_POLICY, without importing torch
 
 
@@ -193,6 +193,8 @@ def evaluate(
     diffusion_model: str = typer.Option("", help="Set denoiser; default <artifacts>/diffusion/<dataset>-wscr/model.pt"),
     steps: int = typer.Option(4, help="Sampler steps of the diffusion strategy"),
     guidance: float = typer.Option(1.0, help="Classifier-free guidance weight of the diffusion strategy"),
+    jitter: str = typer.Option("1.0", help="`jitter` control: comma-separated noise scales around the query "
+                                            "(one row each)"),
     graphs: str = typer.Option("", help="`graph` strategy: comma-separated exported graphs under "
                                         "<artifacts>/graphs (or paths), run by ONNX Runtime with the "
                                         "diffusion strategy's noise"),
@@ -255,7 +257,11 @@ def evaluate(
             return [ev.graph_strategy(f"ONNX {g.directory.name} ({g.manifest.precision}, {g.info.steps} steps)",
                                       g, enc, res) for g in found]
 
-        rows += [row for s in names for row in (graph_rows() if s == "graph" else [builders[s]()])]
+        def jitter_rows() -> list:
+            return [ev.jitter_strategy(enc, res, cfg.k, float(x)) for x in jitter.split(",")]
+
+        rows += [row for s in names
+                 for row in (graph_rows() if s == "graph" else jitter_rows() if s == "jitter" else [builders[s]()])]
     ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
     typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
 

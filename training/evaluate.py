@@ -118,6 +118,20 @@ def mmr_strategy(encoder: OnnxEncoder, resolver: Resolver, k: int, lam: float, p
     return Strategy(f"MMR (λ={lam})", run, encoder, resolver)
 
 
+def jitter_strategy(encoder: OnnxEncoder, resolver: Resolver, k: int, scale: float) -> Strategy:
+    """A control without a fan-out model: k rows of the query plus isotropic noise (std scale/sqrt(d) a coordinate),
+    renormalised and resolved as R4T-Diffusion's rows are. It prices the spread itself: what any set of rows
+    scattered around the intent at that distance gets, in recall and in run-to-run Vendi."""
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        noise = np.random.default_rng(seed).standard_normal((len(qv), k, qv.shape[1])) / np.sqrt(qv.shape[1])
+        rows = qv[:, None, :] + scale * noise
+        rows /= np.linalg.norm(rows, axis=-1, keepdims=True)
+        return retrieve_blocks(resolver, list(rows.astype(np.float32)), n)
+
+    return Strategy(f"jittered intent (s={scale:g})", run, encoder, resolver, stochastic=True)
+
+
 def neighbour_sets_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: Dataset, k: int) -> Strategy:
     """Union of the items of the train sets whose intents are nearest to the query, truncated to N.
 

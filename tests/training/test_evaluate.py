@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from training.evaluate import EvalConfig, evaluate, mmr_strategy, neighbour_sets_strategy, single_strategy
+from training.evaluate import (EvalConfig, evaluate, jitter_strategy, mmr_strategy, neighbour_sets_strategy,
+                               single_strategy)
 
 
 def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_path):
@@ -27,6 +28,18 @@ def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_p
     assert [r["strategy"] for r in table["rows"]] == ["no fan-out", "MMR (λ=0.5)", "neighbour sets"]
     assert {r["encoder"] for r in table["rows"]} == {"all-MiniLM-L6-v2"}
     assert "Recall@10" in (tmp_path / "eval_polyvore.md").read_text()
+
+
+def test_jittered_intent_spreads_with_its_scale(polyvore, encoder, resolver, tmp_path):
+    cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 50), vendi_runs=3)
+    rows = evaluate([single_strategy(encoder, resolver, cfg.k)] +
+                    [jitter_strategy(encoder, resolver, cfg.k, s) for s in (0.0, 0.5, 2.0)], polyvore, cfg, tmp_path)
+    single, still, near, far = rows
+    assert still.recall == pytest.approx(single.recall)  # no noise: ten copies of the query find what it finds
+    assert still.alignment == pytest.approx(1.0, abs=1e-5) and still.vendi_runs == pytest.approx(0.0, abs=1e-6)
+    assert 1.0 > near.alignment > far.alignment  # more noise, rows further from the query
+    assert far.vendi_runs > near.vendi_runs > 0.0  # and runs that differ more
+    assert far.strategy == "jittered intent (s=2)"
 
 
 def test_config_rejects_bad_values():
