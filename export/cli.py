@@ -257,11 +257,9 @@ def evaluate(
             return [ev.graph_strategy(f"ONNX {g.directory.name} ({g.manifest.precision}, {g.info.steps} steps)",
                                       g, enc, res) for g in found]
 
-        def jitter_rows() -> list:
-            return [ev.jitter_strategy(enc, res, cfg.k, float(x)) for x in jitter.split(",")]
-
-        rows += [row for s in names
-                 for row in (graph_rows() if s == "graph" else jitter_rows() if s == "jitter" else [builders[s]()])]
+        several = {"graph": graph_rows,  # strategies that give one row per listed graph or scale
+                   "jitter": lambda: [ev.jitter_strategy(enc, res, cfg.k, float(x)) for x in jitter.split(",")]}
+        rows += [row for s in names for row in (several[s]() if s in several else [builders[s]()])]
     ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
     typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
 
