@@ -588,13 +588,16 @@ def diffusion_distil(
     round_steps: int = typer.Option(500, help="Optimizer steps per halving"),
     batch_size: int = typer.Option(128, help="Pairs per step"),
     lr: float = typer.Option(1e-4, help="Adam learning rate"),
+    guidance: float = typer.Option(1.0, help="The teacher's CFG weight; students learn it and sample with 1"),
+    students: Optional[Path] = typer.Option(None, help="Where students go; default distil/ beside the teacher "
+                                            "(distil-w<guidance>/ for guidance other than 1)"),
     max_queries: int = typer.Option(100, help="Score at most this many sets per split (0 = all)"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     out: Path = typer.Option(Path("results"), help="Where the table and plot go"),
 ) -> None:
-    """Progressive distillation to few-step students (student-s<N>.pt beside the teacher), each scored
-    against the undistilled sampler at the same step count; table, JSON and PNG."""
+    """Progressive distillation to few-step students (student-s<N>.pt), each scored against the
+    undistilled sampler (at the same guidance) at the same step count; table, JSON and PNG."""
     _start(dataset)
     from training.data import default_data_dir, load_dataset
     from training.diffusion.distil import DistilConfig, distil, write_report
@@ -606,25 +609,27 @@ def diffusion_distil(
     path = _denoiser_path(settings, model)
     query, targets = load_pairs(settings.artifacts_dir / "pairs" / (name or f"{dataset}-wscr"))
     cfg = DistilConfig(start_steps=start_steps, final_steps=final_steps, round_steps=round_steps,
-                       batch_size=batch_size, lr=lr)
+                       batch_size=batch_size, lr=lr, guidance=guidance)
+    students = students or path.parent / ("distil" if guidance == 1.0 else f"distil-w{guidance:g}")
     encoder_, resolver = _retriever(settings)
     data = load_dataset(dataset, data_dir or default_data_dir())
     eval_cfg = EvalConfig(dataset=dataset, max_queries=max_queries)
     teacher = load_model(path)
 
-    def score(steps: int, denoiser) -> dict:
-        strategy = diffusion_strategy(f"{steps} steps", denoiser, encoder_, resolver, steps)
+    def score(steps: int, denoiser, w: float = 1.0) -> dict:
+        strategy = diffusion_strategy(f"{steps} steps", denoiser, encoder_, resolver, steps, w)
         rows = {split: score_split(strategy, data, split, eval_cfg) for split in eval_cfg.splits}
         return {"eval": {split: {"recall": {str(n): v for n, v in r.recall.items()}, "vendi": r.vendi_runs}
                          for split, r in rows.items()}}
 
-    rows = [{"steps": n, "sampler": "Karras (undistilled)", **score(n, teacher)} for n in [start_steps, *cfg.rounds()]]
+    rows = [{"steps": n, "sampler": "Karras (undistilled)", **score(n, teacher, guidance)}
+            for n in [start_steps, *cfg.rounds()]]
     rows += [{**r, "sampler": "distilled student"}
-             for r in distil(teacher, query, targets, cfg, path.parent / "distil", on_student=score)]
+             for r in distil(teacher, query, targets, cfg, students, on_student=score)]
     header = {"dataset": dataset, "encoder": settings.encoder, "teacher": str(path), "n_values": list(eval_cfg.ns),
               "max_queries": max_queries, "config": asdict(cfg), "command": "r4t " + shlex.join(sys.argv[1:])}
     write_report(rows, header, out, f"diffusion_distil_{dataset}")
-    typer.echo(f"{out}/diffusion_distil_{dataset}.md; students in {path.parent / 'distil'}")
+    typer.echo(f"{out}/diffusion_distil_{dataset}.md; students in {students}")
 
 
 @app.command("export")

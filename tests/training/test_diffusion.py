@@ -69,6 +69,8 @@ def test_guidance_one_is_the_conditional_model_and_null_differs(model):
     uncond = model(x, sigma, q, keep=torch.zeros(2, dtype=torch.bool))
     guided = model.guided(x, sigma, q, 3.0)
     assert torch.allclose(guided, uncond + 3.0 * (model(x, sigma, q) - uncond), atol=1e-5)
+    batched_uncond = (3.0 * model(x, sigma, q) - guided) / 2  # the null half of the batched CFG pass
+    assert torch.allclose(model.guided(x, sigma, q, 0.0), batched_uncond, atol=1e-5)
 
 
 @pytest.mark.parametrize("method, steps", [("euler", 1), ("euler", 4), ("heun", 4)])

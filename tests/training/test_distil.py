@@ -79,3 +79,21 @@ def test_students_are_saved_with_their_schedule_and_reruns_reuse_them(teacher, p
     assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]  # loaded, not retrained
     with pytest.raises(ValueError, match="another distillation config"):
         distil(teacher, q.numpy(), x.numpy(), DistilConfig(start_steps=4, final_steps=1, round_steps=6), tmp_path)
+
+
+def test_a_guided_round_bakes_the_teachers_guidance_into_the_student(teacher, pairs):
+    q, x = pairs
+    with torch.no_grad():
+        teacher.null.normal_(std=3.0)  # a null token far from every query's
+    sigmas = karras_sigmas(4)
+    noise = torch.randn(32, 4, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        unguided, guided = (sample(teacher, q, noise, sigmas, guidance=w) for w in (1.0, 0.0))
+    assert (unguided - guided).norm(dim=-1).mean() > 0.01  # the null branch leads elsewhere
+    cfg = DistilConfig(start_steps=4, final_steps=2, round_steps=300, batch_size=32, lr=1e-3, guidance=0.0)
+    student, _ = distil_round(teacher, sigmas, q, x * 4, cfg, seed=0, guidance=0.0)
+    with torch.no_grad():
+        rows = sample(student, q, noise, model_sigmas(student, 2))
+    assert (rows - guided).norm(dim=-1).mean() < 0.5 * (rows - unguided).norm(dim=-1).mean()
+    with pytest.raises(ValueError, match="guidance 1"):
+        sample(student, q, noise, model_sigmas(student, 2), guidance=0.0)

@@ -11,8 +11,11 @@ student skips) land:
 with the EDM loss weight on (student(x_t) - x0*)^2. Round 1's teacher is the EMA model on a Karras
 schedule of `start_steps`; each student becomes the next round's teacher. Every student is written
 atomically as `student-s<N>.pt` (weights plus its sigmas, so sampling, eval and export use its
-schedule); a rerun skips the rounds already on disk. Distillation conditions on the query always:
-students sample with guidance 1.
+schedule); a rerun skips the rounds already on disk.
+
+Guidance is distilled in (Meng et al., 2023, stage one): round 1's teacher samples with the CFG weight
+`guidance`, and its student learns that guided step in its conditional branch. Students sample with
+guidance 1, at the cost of one model call a step whatever the teacher's weight.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class DistilConfig:
     round_steps: int = 500  # optimizer steps per halving
     batch_size: int = 128
     lr: float = 1e-4
+    guidance: float = 1.0  # round 1's teacher samples with this CFG weight; students bake it in
     seed: int = 0
 
     def rounds(self) -> list[int]:
@@ -51,15 +55,17 @@ class DistilConfig:
         return out
 
 
-def _euler(model: SetDenoiser, x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _euler(model: SetDenoiser, x: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor, q: torch.Tensor,
+           guidance: float = 1.0) -> torch.Tensor:
     """One Euler step per row of the batch, each from its own sigma s (B,) to s_next (B,)."""
     ss, sn = s[:, None, None], s_next[:, None, None]
-    return x + (sn - ss) * (x - model(x, s, q)) / ss
+    return x + (sn - ss) * (x - model.guided(x, s, q, guidance)) / ss
 
 
 def distil_round(teacher: SetDenoiser, sigmas: list[float], query: torch.Tensor, x0: torch.Tensor,
-                 cfg: DistilConfig, seed: int) -> tuple[SetDenoiser, list[float]]:
-    """One halving: a student for sigmas[::2], trained against `teacher` on `sigmas`. Returns it and its losses."""
+                 cfg: DistilConfig, seed: int, guidance: float = 1.0) -> tuple[SetDenoiser, list[float]]:
+    """One halving: a student for sigmas[::2], trained against `teacher` sampling with CFG weight `guidance`
+    on `sigmas`. Returns it and its losses."""
     teacher = teacher.eval().requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     student.sigmas = sigmas[::2]
@@ -77,7 +83,7 @@ def distil_round(teacher: SetDenoiser, sigmas: list[float], query: torch.Tensor,
         q = query[idx]
         x_t = x0[idx] + s_t[:, None, None] * torch.randn(x0[idx].shape, generator=g)
         with torch.no_grad():
-            x_s = _euler(teacher, _euler(teacher, x_t, s_t, s_m, q), s_m, s_s, q)
+            x_s = _euler(teacher, _euler(teacher, x_t, s_t, s_m, q, guidance), s_m, s_s, q, guidance)
             target = x_t - s_t[:, None, None] * (x_s - x_t) / (s_s - s_t)[:, None, None]
         weight = (s_t**2 + sd**2) / (s_t * sd) ** 2
         loss = (weight[:, None, None] * (student(x_t, s_t, q) - target) ** 2).mean()
@@ -107,12 +113,13 @@ def distil(teacher: SetDenoiser, query: np.ndarray, targets: np.ndarray, cfg: Di
         path = student_path(out_dir, steps)
         if path.exists():
             state = torch.load(path, map_location="cpu", weights_only=False)
-            if state["distil_config"] != asdict(cfg):
+            if {"guidance": 1.0, **state["distil_config"]} != asdict(cfg):  # files from before `guidance`: 1
                 raise ValueError(f"{path} was written by another distillation config; pick another directory")
             student, row = model_from_state(state), state["row"]
         else:
             started = time.perf_counter()
-            student, losses = distil_round(teacher, sigmas, q, x0, cfg, seed=cfg.seed + r)
+            student, losses = distil_round(teacher, sigmas, q, x0, cfg, seed=cfg.seed + r,
+                                           guidance=cfg.guidance if r == 0 else 1.0)
             row = {"steps": steps, "teacher_steps": len(sigmas) - 1, "seconds": round(time.perf_counter() - started, 1),
                    "loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-20:]))}
             _save({"ema": student.state_dict(), "sigmas": student.sigmas, "model_config": teacher.cfg.as_dict(),

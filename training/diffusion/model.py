@@ -163,9 +163,12 @@ class SetDenoiser(nn.Module):
         return c_skip * x + c_out * self.raw(c_in * x, c_noise, query, keep)
 
     def guided(self, x: torch.Tensor, sigma: torch.Tensor, query: torch.Tensor, guidance: float) -> torch.Tensor:
-        """CFG: D_uncond + w·(D_cond - D_uncond), both halves in one batched pass (w = 1: no guidance)."""
+        """CFG: D_uncond + w·(D_cond - D_uncond), both halves in one batched pass (w = 1: the conditional
+        half only; w = 0: the unconditional half only)."""
         if guidance == 1.0:
             return self(x, sigma, query)
+        if guidance == 0.0:
+            return self(x, sigma, query, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
         b = x.shape[0]
         keep = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(x.device)
         both = self(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([query, query]), keep)

@@ -44,6 +44,8 @@ def sample(model: SetDenoiser, query: torch.Tensor, noise: torch.Tensor, sigmas:
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
+    if model.sigmas is not None and guidance != 1.0:
+        raise ValueError("a distilled student samples with guidance 1: its teacher's guidance is built in")
     x = noise * sigmas[0]
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = (x - _denoise(model, x, s, query, guidance)) / s
