@@ -28,7 +28,8 @@ fanout_app = typer.Typer(help="Step (i): the fan-out LM and its GRPO training.",
 app.add_typer(fanout_app, name="fanout")
 
 DATASETS = ("polyvore", "mpd")
-STRATEGIES = ("single", "mmr", "jitter", "neighbours", "zero-shot", "best-of-5", "folm", "diffusion", "graph")
+STRATEGIES = ("single", "mmr", "jitter", "neighbours", "categories", "zero-shot", "best-of-5", "folm", "diffusion",
+              "graph")
 DEFAULT_POLICY = "smollm2-135m-instruct"  # = training.fanout.policy.DEFAULT_POLICY, without importing torch
 
 
@@ -238,9 +239,16 @@ def evaluate(
             chooser = RewardModel(enc, res, RewardConfig(task="oar"))
             return ev.fanout_lm_strategy(label, lm, enc, res, best_of, chooser)
 
+        def category_rows():
+            try:
+                return ev.category_strategy(enc, res, ds, cfg.k)
+            except ValueError as e:
+                raise typer.BadParameter(str(e)) from None
+
         builders = {"single": lambda: ev.single_strategy(enc, res, cfg.k),
                     "mmr": lambda: ev.mmr_strategy(enc, res, cfg.k, cfg.mmr_lambda, cfg.mmr_pool, cfg.mmr_max),
                     "neighbours": lambda: ev.neighbour_sets_strategy(enc, res, ds, cfg.k),
+                    "categories": category_rows,
                     "zero-shot": lambda: lm_strategy("zero-shot", policy or DEFAULT_POLICY, 1, policy_fanouts),
                     "best-of-5": lambda: lm_strategy("Best-of-5", policy or DEFAULT_POLICY, 5, policy_fanouts),
                     "folm": lambda: lm_strategy("R4T-FOLM", folm, 1, folm_fanouts),
@@ -262,6 +270,27 @@ def evaluate(
         rows += [row for s in names for row in (several[s]() if s in several else [builders[s]()])]
     ev.evaluate(rows, ds, cfg, out, command="r4t " + shlex.join(sys.argv[1:]), tag=tag)
     typer.echo(f"{len(rows)} strategies -> {out}/eval_{dataset}{'_' + tag if tag else ''}.md")
+
+
+@app.command("frontier")
+def frontier(
+    tables: list[Path] = typer.Argument(..., help="`r4t eval` JSON tables of one encoder and index build; "
+                                                  "exactly one no fan-out and one R4T-FOLM row per split"),
+    out: Path = typer.Option(..., help="Output stem: writes <out>.md, <out>.json and <out>.png"),
+    title: str = typer.Option("", help="Plot title; default the output's name"),
+) -> None:
+    """Every strategy's Recall@N against its run-to-run Vendi, with the target corner (issue 4)."""
+    from training.frontier import write_frontier
+
+    missing = [str(t) for t in tables if not t.is_file()]
+    if missing:
+        raise typer.BadParameter(f"no such eval table: {', '.join(missing)}")
+    try:
+        points = write_frontier(tables, out, title or out.name, "r4t " + shlex.join(sys.argv[1:]))
+    except (ValueError, KeyError) as e:
+        raise typer.BadParameter(str(e)) from None
+    met = sorted({f"{p.source} ({p.split})" for p in points if p.meets_target})
+    typer.echo(f"{len(points)} rows -> {out}.md; target met by: {', '.join(met) or 'none'}")
 
 
 @fanout_app.command("train")

@@ -157,6 +157,30 @@ def neighbour_sets_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: D
     return Strategy("neighbour sets", run, encoder, resolver)
 
 
+def category_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: Dataset, k: int) -> Strategy:
+    """A fan-out without a model: "<intent> <category>" for the k catalog categories nearest the intent.
+
+    An outfit spans categories (a top, shoes, a bag), so this is the obvious hand-written fan-out; it prices
+    what spreading over categories is worth against the intent alone. Needs a `category` in item payloads.
+    """
+    counts: dict[str, int] = {}
+    for s in dataset.split("train"):
+        for i in s.item_ids:
+            if c := dataset.items[i].payload.get("category"):
+                counts[c] = counts.get(c, 0) + 1
+    if len(counts) < k:
+        raise ValueError(f"{dataset.name} has {len(counts)} item categories in train; the category fan-out needs {k}")
+    names = sorted(counts, key=lambda c: (-counts[c], c))
+    category_vectors = encoder.encode(names)  # (C, D)
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        nearest = np.argsort(-(qv @ category_vectors.T), axis=1, kind="stable")[:, :k]  # (B, k)
+        blocks = [encoder.encode([f"{q} {names[j]}" for j in row]) for q, row in zip(queries, nearest)]
+        return retrieve_blocks(resolver, blocks, n)
+
+    return Strategy("category fan-out", run, encoder, resolver)
+
+
 def fanout_lm_strategy(name: str, lm, encoder: OnnxEncoder, resolver: Resolver, best_of: int = 1,
                        rewards=None) -> Strategy:
     """An LM writes sub-queries; each is embedded and searched; the union of their results is fused.

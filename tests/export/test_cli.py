@@ -17,7 +17,7 @@ def flat(output: str) -> str:
 
 def test_every_stage_is_a_command():
     out = runner.invoke(app, ["--help"]).output
-    for command in ("encoder", "index", "eval", "fanout", "diffusion", "export", "bench-store", "serve"):
+    for command in ("encoder", "index", "eval", "frontier", "fanout", "diffusion", "export", "bench-store", "serve"):
         assert command in out
     assert {"train", "latency"} <= set(runner.invoke(app, ["fanout", "--help"]).output.split())
     assert {"synth", "train", "steps", "diagnose"} <= set(runner.invoke(app, ["diffusion", "--help"]).output.split())
@@ -54,3 +54,12 @@ def test_reference_pairs_refuse_the_lm_options(tmp_path):
 def test_diagnose_needs_something_to_diagnose(tmp_path, args, message):
     result = runner.invoke(app, ["diffusion", "diagnose", "--dataset", "polyvore", "--artifacts", str(tmp_path), *args])
     assert result.exit_code != 0 and message in flat(result.output)
+
+
+def test_frontier_refuses_missing_tables_and_references(tmp_path):
+    result = runner.invoke(app, ["frontier", str(tmp_path / "eval_polyvore_x.json"), "--out", str(tmp_path / "f")])
+    assert result.exit_code != 0 and "no such eval table" in flat(result.output)
+    table = tmp_path / "eval_polyvore_x.json"
+    table.write_text('{"rows": [{"strategy": "no fan-out", "split": "val", "recall": {"100": 0.1}, "vendi_runs": 0}]}')
+    result = runner.invoke(app, ["frontier", str(table), "--out", str(tmp_path / "f")])
+    assert result.exit_code != 0 and "need exactly one 'R4T-FOLM' row" in flat(result.output)

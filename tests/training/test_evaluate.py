@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from training.evaluate import (EvalConfig, evaluate, jitter_strategy, mmr_strategy, neighbour_sets_strategy,
-                               single_strategy)
+from training.evaluate import (EvalConfig, category_strategy, evaluate, jitter_strategy, mmr_strategy,
+                               neighbour_sets_strategy, single_strategy)
 
 
 def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_path):
@@ -40,6 +41,23 @@ def test_jittered_intent_spreads_with_its_scale(polyvore, encoder, resolver, tmp
     assert 1.0 > near.alignment > far.alignment  # more noise, rows further from the query
     assert far.vendi_runs > near.vendi_runs > 0.0  # and runs that differ more
     assert far.strategy == "jittered intent (s=2)"
+
+
+def test_category_fanout_spreads_the_intent_over_the_nearest_categories(polyvore, mpd, encoder, resolver, tmp_path):
+    cfg = EvalConfig(dataset="polyvore", splits=("val",), n_values=(10, 50), vendi_runs=2)
+    strategy = category_strategy(encoder, resolver, polyvore, cfg.k)
+    intent = polyvore.split("val")[0].intent
+    (one,) = strategy.run([intent], encoder.encode([intent]), 50, 0)
+    assert one.vectors.shape == (cfg.k, encoder.dim) and len(one.items) == 50
+    # Each row is "<intent> <category>": near the intent, and the rows differ from each other.
+    cos = one.vectors @ encoder.encode([intent])[0]
+    assert (cos > 0.3).all() and (cos < 1.0 - 1e-4).all()
+    assert len({tuple(np.round(v, 4)) for v in one.vectors}) == cfg.k
+    (row,) = evaluate([strategy], polyvore, cfg, tmp_path)
+    assert row.strategy == "category fan-out" and row.vendi_runs == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < row.recall[50] <= 1.0 and row.diversity > 0.0
+    with pytest.raises(ValueError, match="categories"):  # playlists' tracks carry no category
+        category_strategy(encoder, resolver, mpd, cfg.k)
 
 
 def test_config_rejects_bad_values():

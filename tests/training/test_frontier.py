@@ -1,0 +1,43 @@
+"""The recall-vs-Vendi frontier: ratios to the references, the target flag, the files it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.frontier import write_frontier
+
+
+def _table(path, rows):
+    path.write_text(json.dumps({"rows": [
+        {"strategy": s, "split": "val", "recall": {"100": r100, "500": r500}, "vendi_runs": v} for s, r100, r500, v in rows
+    ]}))
+    return path
+
+
+def test_frontier_flags_only_rows_past_both_references(tmp_path):
+    base = _table(tmp_path / "eval_polyvore_base.json", [("no fan-out", 0.10, 0.20, 0.0),
+                                                           ("R4T-FOLM", 0.09, 0.16, 0.25)])
+    model = _table(tmp_path / "eval_polyvore_model-s2.json", [
+        ("R4T-Diffusion (2 steps)", 0.11, 0.21, 0.30),  # past both in every cell
+        ("R4T-Diffusion (4 steps)", 0.11, 0.19, 0.30),  # R@500 under no fan-out
+        ("jittered intent (s=1)", 0.12, 0.22, 0.20),  # Vendi under R4T-FOLM
+    ])
+    points = write_frontier([base, model], tmp_path / "frontier", "test", "r4t frontier …")
+    met = {p.strategy: p.meets_target for p in points}
+    assert met == {"no fan-out": False, "R4T-FOLM": False, "R4T-Diffusion (2 steps)": True,
+                   "R4T-Diffusion (4 steps)": False, "jittered intent (s=1)": False}
+    two = next(p for p in points if p.strategy.endswith("(2 steps)"))
+    assert two.source == "model-s2" and two.family == "R4T-Diffusion"
+    assert two.recall_vs_single == pytest.approx(1.05) and two.vendi_vs_folm == pytest.approx(1.2)
+    for suffix in (".md", ".json", ".png"):
+        assert (tmp_path / f"frontier{suffix}").stat().st_size > 0
+    assert "| model-s2 | R4T-Diffusion (2 steps) |" in (tmp_path / "frontier.md").read_text()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_frontier_needs_one_reference_of_each_kind(tmp_path):
+    only_single = _table(tmp_path / "eval_polyvore_base.json", [("no fan-out", 0.1, 0.2, 0.0)])
+    with pytest.raises(ValueError, match="R4T-FOLM"):
+        write_frontier([only_single], tmp_path / "frontier", "test", "")

@@ -1,0 +1,130 @@
+"""`r4t frontier`: every scored strategy on one recall-vs-Vendi plane, against issue 4's target corner.
+
+Reads `r4t eval` JSON tables (one encoder, one index build) and places each row at (run-to-run Vendi,
+Recall@N). The target: every Recall@N at least 0.9 x R4T-FOLM's and above no fan-out's, and Vendi at
+least R4T-FOLM's, per split. The jittered intent (rows = intent + noise) traces what spread alone
+buys, so a learned model earns its place only where it lies above that curve.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REFERENCES = ("no fan-out", "R4T-FOLM")
+FAMILIES = (("no fan-out", "no fan-out"), ("R4T-FOLM", "R4T-FOLM"), ("jittered", "jittered intent"),
+            ("R4T-Diffusion", "R4T-Diffusion"), ("ONNX", "R4T-Diffusion"), ("category", "category fan-out"),
+            ("MMR", "MMR"), ("zero-shot", "zero-shot"), ("Best-of-5", "Best-of-5"))
+
+
+@dataclass
+class Point:
+    source: str  # the eval table's tag, e.g. "distil3-r-rel-w0-student-s2"
+    strategy: str
+    family: str
+    split: str
+    recall: dict[str, float]  # "100" -> Recall@100
+    vendi: float  # run-to-run Vendi, normalised
+    recall_vs_single: float = 0.0  # the least of Recall@N / no fan-out's over N
+    recall_vs_folm: float = 0.0  # the least of Recall@N / R4T-FOLM's over N
+    vendi_vs_folm: float = 0.0
+    meets_target: bool = False
+
+
+def family(strategy: str) -> str:
+    return next((name for prefix, name in FAMILIES if strategy.startswith(prefix)), strategy)
+
+
+def load_points(tables: list[Path]) -> list[Point]:
+    """Every row of the tables; the source is the tag in `eval_<dataset>_<tag>.json`."""
+    points = []
+    for path in tables:
+        table = json.loads(path.read_text())
+        source = path.stem.split("_", 2)[2] if path.stem.count("_") >= 2 else path.stem
+        points += [Point(source, r["strategy"], family(r["strategy"]), r["split"], r["recall"], r["vendi_runs"])
+                   for r in table["rows"]]
+    return points
+
+
+def score(points: list[Point]) -> list[Point]:
+    """Fill the ratios and the target flag; each split needs exactly one no fan-out and one R4T-FOLM row."""
+    for split in sorted({p.split for p in points}):
+        refs = {}
+        for name in REFERENCES:
+            found = [p for p in points if p.split == split and p.family == name]
+            if len(found) != 1:
+                raise ValueError(f"{split}: need exactly one {name!r} row among the tables, found {len(found)}")
+            refs[name] = found[0]
+        single, folm = refs["no fan-out"], refs["R4T-FOLM"]
+        for p in (p for p in points if p.split == split):
+            ns = sorted(p.recall, key=int)
+            p.recall_vs_single = min(p.recall[n] / single.recall[n] for n in ns)
+            p.recall_vs_folm = min(p.recall[n] / folm.recall[n] for n in ns)
+            p.vendi_vs_folm = p.vendi / folm.vendi
+            p.meets_target = (all(p.recall[n] > single.recall[n] and p.recall[n] >= 0.9 * folm.recall[n] for n in ns)
+                              and p.vendi >= folm.vendi)
+    return points
+
+
+def render_markdown(points: list[Point], command: str) -> str:
+    ns = sorted(points[0].recall, key=int)
+    head = ["source", "strategy", *(f"R@{n}" for n in ns), "Vendi", "R / no fan-out", "R / FOLM", "Vendi / FOLM",
+            "target"]
+    lines = [f"# Recall against Vendi, every strategy\n\n- command: `{command}`\n- ratios: the least over N; "
+             "target: every R@N > no fan-out and ≥ 0.9 × R4T-FOLM, Vendi ≥ R4T-FOLM\n"]
+    for split in sorted({p.split for p in points}, key=lambda s: (s != "val", s)):
+        lines += [f"\n## {split}\n", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+        for p in sorted((p for p in points if p.split == split), key=lambda p: (p.family, p.vendi)):
+            lines.append(f"| {p.source} | {p.strategy} | " + " | ".join(f"{p.recall[n]:.4f}" for n in ns) +
+                         f" | {p.vendi:.3f} | {p.recall_vs_single:.2f} | {p.recall_vs_folm:.2f} | "
+                         f"{p.vendi_vs_folm:.2f} | {'**yes**' if p.meets_target else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[Point], path: Path, title: str) -> None:
+    """One panel per (split, N): Recall@N against Vendi, the target corner shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({p.split for p in points}, key=lambda s: (s != "val", s))
+    ns = sorted(points[0].recall, key=int)
+    fig, axes = plt.subplots(len(ns), len(splits), figsize=(5.5 * len(splits), 4.2 * len(ns)), squeeze=False)
+    markers = {"R4T-Diffusion": "o", "jittered intent": "x", "R4T-FOLM": "*", "no fan-out": "s"}
+    for col, split in enumerate(splits):
+        here = [p for p in points if p.split == split]
+        single = next(p for p in here if p.family == "no fan-out")
+        folm = next(p for p in here if p.family == "R4T-FOLM")
+        for row, n in enumerate(ns):
+            ax = axes[row][col]
+            floor = max(single.recall[n], 0.9 * folm.recall[n])
+            top, right = max(p.recall[n] for p in here) * 1.15, max(p.vendi for p in here) * 1.1 + 0.02
+            ax.fill_between([folm.vendi, right], floor, top, color="tab:green", alpha=0.12, label="target")
+            for fam in sorted({p.family for p in here}):
+                group = sorted((p for p in here if p.family == fam), key=lambda p: p.vendi)
+                style = "-" if fam == "jittered intent" else ""
+                ax.plot([p.vendi for p in group], [p.recall[n] for p in group], style + markers.get(fam, "^"),
+                        label=fam, ms=9 if fam == "R4T-FOLM" else 6)
+            ax.axhline(single.recall[n], color="grey", lw=0.8, ls="--")
+            ax.set(xlim=(-0.02, right), ylim=(0, top),
+                   xlabel="run-to-run Vendi (normalised)", ylabel=f"Recall@{n}", title=f"{title}, {split}")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_frontier(tables: list[Path], out: Path, title: str, command: str) -> list[Point]:
+    """results/<out>.{md,json,png} from the tables; written atomically."""
+    points = score(load_points(tables))
+    for suffix, text in ((".md", render_markdown(points, command)),
+                         (".json", json.dumps({"command": command, "points": [asdict(p) for p in points]}, indent=1))):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out.with_suffix(suffix))
+    plot(points, out.with_suffix(".png"), title)
+    return points
