@@ -281,6 +281,8 @@ class Row:
     alignment: float = 0.0
     seconds: float = 0.0
     parse_rate: float | None = None  # share of LM fan-outs that parsed; None for strategies without an LM
+    # Each query's Recall@N in split order, so rows scored on the same sets compare query by query (`r4t frontier`).
+    recall_per_query: dict[int, list[float]] = field(default_factory=dict)
 
 
 def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfig) -> Row:
@@ -305,7 +307,8 @@ def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfi
                vendi_runs=mean["vendi_runs"], groundedness=mean["groundedness"],
                diversity=mean["diversity"], alignment=mean["alignment"], seconds=round(seconds, 1),
                parse_rate=(round(strategy.stats["parsed"] / strategy.stats["fanouts"], 4)
-                           if strategy.stats.get("fanouts") else None))
+                           if strategy.stats.get("fanouts") else None),
+               recall_per_query={n: [round(q[f"recall@{n}"], 6) for q in per_query] for n in cfg.ns})
 
 
 def query_metrics(reference, query: np.ndarray, runs: list[Retrieval], resolver: Resolver,

@@ -9,8 +9,10 @@ buys, so a learned model earns its place only where it lies above that curve.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 REFERENCES = ("no fan-out", "R4T-FOLM")
 FAMILIES = (("no fan-out", "no fan-out"), ("R4T-FOLM", "R4T-FOLM"), ("jittered", "jittered intent"),
@@ -30,6 +32,9 @@ class Point:
     recall_vs_folm: float = 0.0  # the least of Recall@N / R4T-FOLM's over N
     vendi_vs_folm: float = 0.0
     meets_target: bool = False
+    # N -> [mean Recall@N minus no fan-out's, 95% bootstrap interval low, high], paired over the same queries
+    vs_single: dict[str, list[float]] = field(default_factory=dict)
+    per_query: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
 
 def family(strategy: str) -> str:
@@ -42,8 +47,8 @@ def load_points(tables: list[Path]) -> list[Point]:
     for path in tables:
         table = json.loads(path.read_text())
         source = path.stem.split("_", 2)[2] if path.stem.count("_") >= 2 else path.stem
-        points += [Point(source, r["strategy"], family(r["strategy"]), r["split"], r["recall"], r["vendi_runs"])
-                   for r in table["rows"]]
+        points += [Point(source, r["strategy"], family(r["strategy"]), r["split"], r["recall"], r["vendi_runs"],
+                         per_query=r.get("recall_per_query", {})) for r in table["rows"]]
     return points
 
 
@@ -64,22 +69,46 @@ def score(points: list[Point]) -> list[Point]:
             p.vendi_vs_folm = p.vendi / folm.vendi
             p.meets_target = (all(p.recall[n] > single.recall[n] and p.recall[n] >= 0.9 * folm.recall[n] for n in ns)
                               and p.vendi >= folm.vendi)
+            p.vs_single = {n: paired_difference(p.per_query[n], single.per_query[n]) for n in ns
+                           if n in p.per_query and n in single.per_query}
     return points
+
+
+def paired_difference(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """[mean(a - b), 2.5% and 97.5% quantiles of it over queries resampled with replacement].
+
+    a and b are per-query recalls of two strategies on the same queries in the same order.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"per-query recalls of {len(a)} and {len(b)} queries cannot be paired")
+    d = np.asarray(a) - np.asarray(b)  # (Q,)
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))].mean(1)  # (resamples,)
+    return [float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
 
 
 def render_markdown(points: list[Point], command: str) -> str:
     ns = sorted(points[0].recall, key=int)
     head = ["source", "strategy", *(f"R@{n}" for n in ns), "Vendi", "R / no fan-out", "R / FOLM", "Vendi / FOLM",
-            "target"]
+            "target", *(f"R@{n} − no fan-out [95% CI]" for n in ns)]
     lines = [f"# Recall against Vendi, every strategy\n\n- command: `{command}`\n- ratios: the least over N; "
-             "target: every R@N > no fan-out and ≥ 0.9 × R4T-FOLM, Vendi ≥ R4T-FOLM\n"]
+             "target: every R@N > no fan-out and ≥ 0.9 × R4T-FOLM, Vendi ≥ R4T-FOLM; the last columns pair "
+             "each query's recall with no fan-out's on the same query (bold: the 95% interval excludes 0)\n"]
     for split in sorted({p.split for p in points}, key=lambda s: (s != "val", s)):
         lines += [f"\n## {split}\n", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
         for p in sorted((p for p in points if p.split == split), key=lambda p: (p.family, p.vendi)):
             lines.append(f"| {p.source} | {p.strategy} | " + " | ".join(f"{p.recall[n]:.4f}" for n in ns) +
                          f" | {p.vendi:.3f} | {p.recall_vs_single:.2f} | {p.recall_vs_folm:.2f} | "
-                         f"{p.vendi_vs_folm:.2f} | {'**yes**' if p.meets_target else 'no'} |")
+                         f"{p.vendi_vs_folm:.2f} | {'**yes**' if p.meets_target else 'no'} | " +
+                         " | ".join(interval(p.vs_single.get(n)) for n in ns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def interval(d: list[float] | None) -> str:
+    """"+0.0031 [−0.0102, +0.0167]", in bold where the interval excludes 0; "—" without per-query recalls."""
+    if not d:
+        return "—"
+    text = f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]".replace("-", "−")
+    return f"**{text}**" if d[1] > 0 or d[2] < 0 else text
 
 
 def plot(points: list[Point], path: Path, title: str) -> None:
@@ -122,7 +151,8 @@ def write_frontier(tables: list[Path], out: Path, title: str, command: str) -> l
     """results/<out>.{md,json,png} from the tables; written atomically."""
     points = score(load_points(tables))
     for suffix, text in ((".md", render_markdown(points, command)),
-                         (".json", json.dumps({"command": command, "points": [asdict(p) for p in points]}, indent=1))):
+                         (".json", json.dumps({"command": command, "points": [
+                             {k: v for k, v in asdict(p).items() if k != "per_query"} for p in points]}, indent=1))):
         tmp = out.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(out.with_suffix(suffix))

@@ -20,6 +20,8 @@ def test_eval_writes_tables_with_sane_metrics(polyvore, encoder, resolver, tmp_p
     # On a ~700-item slice the outfit title alone finds some of its own items.
     assert 0.0 < single.recall[10] <= single.recall[50] <= 1.0
     assert single.hit[50] >= single.recall[50]
+    per_query = single.recall_per_query[50]  # kept for paired comparisons across rows
+    assert len(per_query) == single.queries and np.mean(per_query) == pytest.approx(single.recall[50], abs=1e-5)
     assert single.alignment == pytest.approx(1.0)  # the only vector is the query itself
     assert single.vendi_runs == pytest.approx(0.0, abs=1e-9)  # deterministic: five identical runs
     assert mmr.diversity > single.diversity  # MMR trades relevance for diverse top items

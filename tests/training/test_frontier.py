@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from training.frontier import write_frontier
+from training.frontier import paired_difference, write_frontier
 
 
 def _table(path, rows):
     path.write_text(json.dumps({"rows": [
-        {"strategy": s, "split": "val", "recall": {"100": r100, "500": r500}, "vendi_runs": v} for s, r100, r500, v in rows
-    ]}))
+        {"strategy": s, "split": "val", "recall": {"100": r100, "500": r500}, "vendi_runs": v}
+        for s, r100, r500, v in rows]}))
     return path
 
 
@@ -41,3 +41,13 @@ def test_frontier_needs_one_reference_of_each_kind(tmp_path):
     only_single = _table(tmp_path / "eval_polyvore_base.json", [("no fan-out", 0.1, 0.2, 0.0)])
     with pytest.raises(ValueError, match="R4T-FOLM"):
         write_frontier([only_single], tmp_path / "frontier", "test", "")
+
+
+def test_paired_difference_brackets_the_mean_and_needs_the_same_queries():
+    better = [0.2, 0.3, 0.1, 0.4] * 25
+    mean, lo, hi = paired_difference(better, [x - 0.05 for x in better])
+    assert mean == pytest.approx(0.05) and lo == pytest.approx(0.05) and hi == pytest.approx(0.05)  # no spread
+    mean, lo, hi = paired_difference([0.0, 1.0] * 50, [1.0, 0.0] * 50)
+    assert mean == pytest.approx(0.0) and lo < 0.0 < hi  # as often better as worse: level
+    with pytest.raises(ValueError, match="cannot be paired"):
+        paired_difference([0.1, 0.2], [0.1])
