@@ -100,7 +100,29 @@ def render_markdown(points: list[Point], command: str) -> str:
                          f" | {p.vendi:.3f} | {p.recall_vs_single:.2f} | {p.recall_vs_folm:.2f} | "
                          f"{p.vendi_vs_folm:.2f} | {'**yes**' if p.meets_target else 'no'} | " +
                          " | ".join(interval(p.vs_single.get(n)) for n in ns) + " |")
+    pooled = pooled_differences(points)
+    if pooled:
+        lines += ["\n## every split pooled: each query paired with no fan-out's\n",
+                  "| source | strategy | queries | " + " | ".join(f"R@{n} − no fan-out [95% CI]" for n in ns) + " |",
+                  "|---|---|---:|" + "---:|" * len(ns)]
+        lines += [f"| {src} | {strategy} | {q} | " + " | ".join(interval(d.get(n)) for n in ns) + " |"
+                  for (src, strategy), (q, d) in pooled.items()]
     return "\n".join(lines) + "\n"
+
+
+def pooled_differences(points: list[Point]) -> dict[tuple[str, str], tuple[int, dict[str, list[float]]]]:
+    """(source, strategy) -> (queries, N -> paired difference) over every split's queries together."""
+    singles = {p.split: p for p in points if p.family == "no fan-out"}
+    out = {}
+    for key in dict.fromkeys((p.source, p.strategy) for p in points if p.family != "no fan-out"):
+        rows = [p for p in points if (p.source, p.strategy) == key]
+        ns = [n for n in sorted(rows[0].recall, key=int)
+              if all(n in p.per_query and n in singles[p.split].per_query for p in rows)]
+        if ns:
+            out[key] = (sum(len(p.per_query[ns[0]]) for p in rows),
+                        {n: paired_difference([x for p in rows for x in p.per_query[n]],
+                                              [x for p in rows for x in singles[p.split].per_query[n]]) for n in ns})
+    return out
 
 
 def interval(d: list[float] | None) -> str:
@@ -136,9 +158,11 @@ def plot(points: list[Point], path: Path, title: str) -> None:
                 style = "-" if fam == "jittered intent" else ""
                 ax.plot([p.vendi for p in group], [p.recall[n] for p in group], style + markers.get(fam, "^"),
                         label=fam, ms=9 if fam == "R4T-FOLM" else 6)
+            for p in (p for p in here if p.family == "R4T-Diffusion"):
+                ax.annotate(p.source, (p.vendi, p.recall[n]), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.axhline(single.recall[n], color="grey", lw=0.8, ls="--")
             ax.set(xlim=(-0.02, right), ylim=(0, top),
-                   xlabel="run-to-run Vendi (normalised)", ylabel=f"Recall@{n}", title=f"{title}, {split}")
+                   xlabel="run-to-run Vendi (normalised)", ylabel=f"Recall@{n}", title=f"{title}: {split}, Recall@{n}")
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

@@ -51,3 +51,21 @@ def test_paired_difference_brackets_the_mean_and_needs_the_same_queries():
     assert mean == pytest.approx(0.0) and lo < 0.0 < hi  # as often better as worse: level
     with pytest.raises(ValueError, match="cannot be paired"):
         paired_difference([0.1, 0.2], [0.1])
+
+
+def test_pooled_intervals_pair_each_query_with_no_fan_out_on_its_split(tmp_path):
+    def row(strategy, split, per_query, vendi):
+        return {"strategy": strategy, "split": split, "vendi_runs": vendi,
+                "recall": {"100": sum(per_query) / len(per_query)}, "recall_per_query": {"100": per_query}}
+
+    single = {"val": [0.1, 0.2] * 20, "test": [0.3, 0.0] * 20}
+    rows = [row("no fan-out", s, q, 0.0) for s, q in single.items()]
+    rows += [row("R4T-FOLM", s, q, 0.2) for s, q in single.items()]
+    rows += [row("R4T-Diffusion (2 steps)", s, [x + 0.1 for x in q], 0.3) for s, q in single.items()]
+    table = tmp_path / "eval_polyvore_all.json"
+    table.write_text(json.dumps({"rows": rows}))
+    points = write_frontier([table], tmp_path / "frontier", "test", "")
+    model = [p for p in points if p.family == "R4T-Diffusion"]
+    assert all(p.vs_single["100"] == pytest.approx([0.1, 0.1, 0.1]) for p in model) and all(p.meets_target for p in model)
+    text = (tmp_path / "frontier.md").read_text()
+    assert "| all | R4T-Diffusion (2 steps) | 80 | **+0.1000 [+0.1000, +0.1000]** |" in text
