@@ -100,21 +100,24 @@ def render_markdown(points: list[Point], command: str) -> str:
                          f" | {p.vendi:.3f} | {p.recall_vs_single:.2f} | {p.recall_vs_folm:.2f} | "
                          f"{p.vendi_vs_folm:.2f} | {'**yes**' if p.meets_target else 'no'} | " +
                          " | ".join(interval(p.vs_single.get(n)) for n in ns) + " |")
-    pooled = pooled_differences(points)
-    if pooled:
-        lines += ["\n## every split pooled: each query paired with no fan-out's\n",
-                  "| source | strategy | queries | " + " | ".join(f"R@{n} − no fan-out [95% CI]" for n in ns) + " |",
-                  "|---|---|---:|" + "---:|" * len(ns)]
-        lines += [f"| {src} | {strategy} | {q} | " + " | ".join(interval(d.get(n)) for n in ns) + " |"
-                  for (src, strategy), (q, d) in pooled.items()]
+    pooled = {ref: pooled_differences(points, ref) for ref in REFERENCES}
+    if pooled["no fan-out"]:
+        lines += ["\n## every split pooled: each query paired with the references' on the same query\n",
+                  "| source | strategy | queries | " + " | ".join(f"R@{n} − {ref} [95% CI]" for ref in REFERENCES
+                                                               for n in ns) + " |",
+                  "|---|---|---:|" + "---:|" * len(ns) * len(REFERENCES)]
+        lines += [f"| {src} | {strategy} | {q} | " + " | ".join(
+                      interval(pooled[ref].get((src, strategy), (0, {}))[1].get(n)) for ref in REFERENCES for n in ns)
+                  + " |" for (src, strategy), (q, _) in pooled["no fan-out"].items()]
     return "\n".join(lines) + "\n"
 
 
-def pooled_differences(points: list[Point]) -> dict[tuple[str, str], tuple[int, dict[str, list[float]]]]:
-    """(source, strategy) -> (queries, N -> paired difference) over every split's queries together."""
-    singles = {p.split: p for p in points if p.family == "no fan-out"}
+def pooled_differences(points: list[Point], reference: str = "no fan-out"
+                       ) -> dict[tuple[str, str], tuple[int, dict[str, list[float]]]]:
+    """(source, strategy) -> (queries, N -> paired difference to `reference`) over every split's queries together."""
+    singles = {p.split: p for p in points if p.family == reference}
     out = {}
-    for key in dict.fromkeys((p.source, p.strategy) for p in points if p.family != "no fan-out"):
+    for key in dict.fromkeys((p.source, p.strategy) for p in points if p.family not in REFERENCES):
         rows = [p for p in points if (p.source, p.strategy) == key]
         ns = [n for n in sorted(rows[0].recall, key=int)
               if all(n in p.per_query and n in singles[p.split].per_query for p in rows)]
