@@ -28,9 +28,9 @@ class Point:
     split: str
     recall: dict[str, float]  # "100" -> Recall@100
     vendi: float  # run-to-run Vendi, normalised
-    recall_vs_single: float = 0.0  # the least of Recall@N / no fan-out's over N
-    recall_vs_folm: float = 0.0  # the least of Recall@N / R4T-FOLM's over N
-    vendi_vs_folm: float = 0.0
+    recall_vs_single: float | None = None  # the least of Recall@N / no fan-out's over N
+    recall_vs_folm: float | None = None  # the least of Recall@N / R4T-FOLM's over N
+    vendi_vs_folm: float | None = None
     meets_target: bool = False
     # N -> [mean Recall@N minus no fan-out's, 95% bootstrap interval low, high], paired over the same queries
     vs_single: dict[str, list[float]] = field(default_factory=dict)
@@ -64,14 +64,19 @@ def score(points: list[Point]) -> list[Point]:
         single, folm = refs["no fan-out"], refs["R4T-FOLM"]
         for p in (p for p in points if p.split == split):
             ns = sorted(p.recall, key=int)
-            p.recall_vs_single = min(p.recall[n] / single.recall[n] for n in ns)
-            p.recall_vs_folm = min(p.recall[n] / folm.recall[n] for n in ns)
-            p.vendi_vs_folm = p.vendi / folm.vendi
+            p.recall_vs_single = least_ratio([p.recall[n] for n in ns], [single.recall[n] for n in ns])
+            p.recall_vs_folm = least_ratio([p.recall[n] for n in ns], [folm.recall[n] for n in ns])
+            p.vendi_vs_folm = least_ratio([p.vendi], [folm.vendi])
             p.meets_target = (all(p.recall[n] > single.recall[n] and p.recall[n] >= 0.9 * folm.recall[n] for n in ns)
                               and p.vendi >= folm.vendi)
             p.vs_single = {n: paired_difference(p.per_query[n], single.per_query[n]) for n in ns
                            if n in p.per_query and n in single.per_query}
     return points
+
+
+def least_ratio(values: list[float], references: list[float]) -> float | None:
+    """min(value / reference); None where a reference is 0 (a deterministic R4T-FOLM has Vendi 0)."""
+    return None if 0 in references else min(v / r for v, r in zip(values, references))
 
 
 def paired_difference(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> list[float]:
@@ -97,8 +102,9 @@ def render_markdown(points: list[Point], command: str) -> str:
         lines += [f"\n## {split}\n", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
         for p in sorted((p for p in points if p.split == split), key=lambda p: (p.family, p.vendi)):
             lines.append(f"| {p.source} | {p.strategy} | " + " | ".join(f"{p.recall[n]:.4f}" for n in ns) +
-                         f" | {p.vendi:.3f} | {p.recall_vs_single:.2f} | {p.recall_vs_folm:.2f} | "
-                         f"{p.vendi_vs_folm:.2f} | {'**yes**' if p.meets_target else 'no'} | " +
+                         f" | {p.vendi:.3f} | " + " | ".join("—" if r is None else f"{r:.2f}" for r in (
+                             p.recall_vs_single, p.recall_vs_folm, p.vendi_vs_folm)) +
+                         f" | {'**yes**' if p.meets_target else 'no'} | " +
                          " | ".join(interval(p.vs_single.get(n)) for n in ns) + " |")
     pooled = {ref: pooled_differences(points, ref) for ref in REFERENCES}
     if pooled["no fan-out"]:

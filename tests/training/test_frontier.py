@@ -69,3 +69,12 @@ def test_pooled_intervals_pair_each_query_with_no_fan_out_on_its_split(tmp_path)
     assert all(p.vs_single["100"] == pytest.approx([0.1, 0.1, 0.1]) and p.meets_target for p in model)
     text = (tmp_path / "frontier.md").read_text()
     assert "| all | R4T-Diffusion (2 steps) | 80 | **+0.1000 [+0.1000, +0.1000]** |" in text
+
+
+def test_ratios_to_a_zero_reference_are_left_out(tmp_path):
+    table = _table(tmp_path / "eval_polyvore_base.json", [("no fan-out", 0.1, 0.2, 0.0), ("R4T-FOLM", 0.1, 0.2, 0.0),
+                                                            ("jittered intent (s=1)", 0.1, 0.2, 0.1)])
+    jitter = write_frontier([table], tmp_path / "frontier", "test", "")[-1]
+    assert jitter.vendi_vs_folm is None and jitter.recall_vs_single == pytest.approx(1.0)
+    assert "| base | jittered intent (s=1) | 0.1000 | 0.2000 | 0.100 | 1.00 | 1.00 | — | no |" in \
+        (tmp_path / "frontier.md").read_text()
