@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -163,11 +164,8 @@ def category_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: Dataset
     An outfit spans categories (a top, shoes, a bag), so this is the obvious hand-written fan-out; it prices
     what spreading over categories is worth against the intent alone. Needs a `category` in item payloads.
     """
-    counts: dict[str, int] = {}
-    for s in dataset.split("train"):
-        for i in s.item_ids:
-            if c := dataset.items[i].payload.get("category"):
-                counts[c] = counts.get(c, 0) + 1
+    counts = Counter(c for s in dataset.split("train") for i in s.item_ids
+                     if (c := dataset.items[i].payload.get("category")))
     if len(counts) < k:
         raise ValueError(f"{dataset.name} has {len(counts)} item categories in train; the category fan-out needs {k}")
     names = sorted(counts, key=lambda c: (-counts[c], c))
@@ -175,8 +173,8 @@ def category_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: Dataset
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
         nearest = np.argsort(-(qv @ category_vectors.T), axis=1, kind="stable")[:, :k]  # (B, k)
-        blocks = [encoder.encode([f"{q} {names[j]}" for j in row]) for q, row in zip(queries, nearest)]
-        return retrieve_blocks(resolver, blocks, n)
+        rows = encoder.encode([f"{q} {names[j]}" for q, row in zip(queries, nearest) for j in row])  # (B*k, D)
+        return retrieve_blocks(resolver, list(rows.reshape(len(queries), k, -1)), n)
 
     return Strategy("category fan-out", run, encoder, resolver)
 

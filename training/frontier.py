@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.manifest import write_json_atomic, write_text_atomic
+
 REFERENCES = ("no fan-out", "R4T-FOLM")
 FAMILIES = (("no fan-out", "no fan-out"), ("R4T-FOLM", "R4T-FOLM"), ("jittered", "jittered intent"),
             ("R4T-Diffusion", "R4T-Diffusion"), ("ONNX", "R4T-Diffusion"), ("category", "category fan-out"),
@@ -183,11 +185,8 @@ def plot(points: list[Point], path: Path, title: str) -> None:
 def write_frontier(tables: list[Path], out: Path, title: str, command: str) -> list[Point]:
     """results/<out>.{md,json,png} from the tables; written atomically."""
     points = score(load_points(tables))
-    for suffix, text in ((".md", render_markdown(points, command)),
-                         (".json", json.dumps({"command": command, "points": [
-                             {k: v for k, v in asdict(p).items() if k != "per_query"} for p in points]}, indent=1))):
-        tmp = out.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out.with_suffix(suffix))
+    write_text_atomic(out.with_suffix(".md"), render_markdown(points, command))
+    write_json_atomic(out.with_suffix(".json"), {"command": command, "points": [
+        {k: v for k, v in asdict(p).items() if k != "per_query"} for p in points]})
     plot(points, out.with_suffix(".png"), title)
     return points
