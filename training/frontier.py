@@ -176,14 +176,12 @@ def plot(points: list[Point], path: Path, title: str) -> None:
                    xlabel="run-to-run Vendi (normalised)", ylabel=f"Recall@{n}", title=f"{title}: {split}, Recall@{n}")
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_frontier(tables: list[Path], out: Path, title: str, command: str) -> list[Point]:
-    """results/<out>.{md,json,png} from the tables; written atomically."""
+    """results/<out>.{md,json,png} from the tables; the md and json are written atomically (the PNG is never read)."""
     points = score(load_points(tables))
     write_text_atomic(out.with_suffix(".md"), render_markdown(points, command))
     write_json_atomic(out.with_suffix(".json"), {"command": command, "points": [
