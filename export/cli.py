@@ -775,3 +775,8 @@ def serve(
 
     uvicorn.run("service.app:create_app", factory=True, host=host or settings.host,
                 port=port or settings.port, log_config=log_config())
+
+
+from export.space_cli import space_app  # noqa: E402 (its commands import export.cli's helpers lazily)
+
+app.add_typer(space_app, name="space")

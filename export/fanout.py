@@ -75,15 +75,21 @@ class QueryToFanout(torch.nn.Module):
 
 
 def export_fanout(out_dir: Path, encoder_dir: Path, denoiser: SetDenoiser, cfg: FanoutExportConfig,
-                  queries: list[str], dataset: str, seed: int = 0) -> Manifest:
-    """Build, export, check parity on `queries`, then move the artifact directory into `out_dir`."""
+                  queries: list[str], dataset: str, seed: int = 0, head: torch.nn.Module | None = None,
+                  provenance: dict | None = None) -> Manifest:
+    """Build, export, check parity on `queries`, then move the artifact directory into `out_dir`.
+
+    `head` replaces the text encoder for a space encoder (`export.space.SpaceHead`: text -> query vector in
+    the space); `provenance` (space, teacher, pairs, measured recall) is recorded in the manifest.
+    """
     enc_manifest = load_manifest(Path(encoder_dir))
     st = SentenceTransformer(enc_manifest.encoder.source, device="cpu", local_files_only=True).eval()
     d = denoiser.cfg
     if d.dim != enc_manifest.encoder.dim:
         raise ValueError(f"denoiser dim {d.dim} != encoder dim {enc_manifest.encoder.dim}")
     sigmas = model_sigmas(denoiser, cfg.steps)
-    graph = QueryToFanout(MeanPooledEncoder(st[0].auto_model).eval(), denoiser.eval(), sigmas, cfg).eval()
+    encoder = head if head is not None else MeanPooledEncoder(st[0].auto_model).eval()
+    graph = QueryToFanout(encoder, denoiser.eval(), sigmas, cfg).eval()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -113,7 +119,7 @@ def export_fanout(out_dir: Path, encoder_dir: Path, denoiser: SetDenoiser, cfg: 
             files=hash_files(tmp), parity=parity,
             fanout=FanoutInfo(rows=d.rows, steps=cfg.steps, sigmas=sigmas, guidance=cfg.guidance, sampler=cfg.method,
                               dataset=dataset, encoder_sha256=enc_manifest.encoder_sha256),
-            config={"export": asdict(cfg), "denoiser": d.as_dict()},
+            config={"export": asdict(cfg), "denoiser": d.as_dict(), "provenance": provenance or {}},
         )
         write_json_atomic(tmp / "manifest.json", manifest.model_dump())
         replace_dir(tmp, out_dir)

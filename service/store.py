@@ -1,7 +1,8 @@
 """Vector store facade: one `Store` interface over Qdrant Edge (embedded) and a Qdrant server.
 
-Both backends speak cosine similarity over float32 vectors and accept the same payload filters
-(`service/filters.py`). Every backend failure surfaces as `StoreUnavailable`.
+Both backends score float32 vectors by cosine (text spaces) or by inner product (`distance="dot"`:
+co-membership spaces, whose unnormalised item vectors carry popularity) and accept the same payload
+filters (`service/filters.py`). Every backend failure surfaces as `StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _ID_NAMESPACE = uuid.UUID("6f1c1f5e-3f7a-4d2b-9a43-5b7e2f4c8d10")
 _CHUNK = 1_000  # points per upsert call: bounds peak memory of the list-of-floats conversion
 _EDGE_CONFIG = "edge_config.json"  # written by EdgeShard.create; its presence marks a shard dir
 PAYLOAD_INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime", "text", "uuid")
+DISTANCES = ("cosine", "dot")
 
 
 class StoreUnavailable(Exception):
@@ -97,6 +99,11 @@ def _matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise ValueError(f"vectors must be (N, {dim}), got {vectors.shape}")
     return vectors
+
+
+def _check_distance(distance: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
 
 
 def _check_queries(vectors: np.ndarray, dim: int, limit: int) -> np.ndarray:
@@ -187,12 +194,14 @@ class EdgeStore:
         self._closed = False
 
     @classmethod
-    def create(cls, path: Path, dim: int, hnsw: HnswSettings = HnswSettings()) -> EdgeStore:
+    def create(cls, path: Path, dim: int, hnsw: HnswSettings = HnswSettings(), distance: str = "cosine") -> EdgeStore:
         path = Path(path)
+        _check_distance(distance)
         if (path / _EDGE_CONFIG).exists():
             raise FileExistsError(f"an Edge shard already exists at {path}; open it or pick a new dir")
         config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            vectors=qe.EdgeVectorParams(size=dim,
+                                        distance=qe.Distance.Dot if distance == "dot" else qe.Distance.Cosine),
             hnsw_config=qe.HnswIndexConfig(
                 m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold
             ),
@@ -305,7 +314,9 @@ class ServerStore:
         create: bool = False,
         api_key: str | None = None,
         hnsw: HnswSettings = HnswSettings(),
+        distance: str = "cosine",
     ) -> None:
+        _check_distance(distance)
         if create and dim is None:
             raise ValueError("dim is required to create a collection")
         self.location, self.collection, self.default_ef = location, collection, hnsw.default_ef
@@ -316,7 +327,8 @@ class ServerStore:
             if create and not self._client.collection_exists(collection):
                 self._client.create_collection(
                     collection,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    vectors_config=models.VectorParams(
+                        size=dim, distance=models.Distance.DOT if distance == "dot" else models.Distance.COSINE),
                     hnsw_config=models.HnswConfigDiff(
                         m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold
                     ),

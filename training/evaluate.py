@@ -70,6 +70,7 @@ class EvalConfig:
     max_queries: int = 0  # 0 = every set of the split
     batch: int = 64  # queries per resolver call
     seed: int = 0
+    distinct_key: str = ""  # payload key whose distinct values among the first N_min items are counted ("" = off)
 
     def __post_init__(self):
         if self.k < 1 or self.vendi_runs < 1 or self.batch < 1:
@@ -279,6 +280,7 @@ class Row:
     alignment: float = 0.0
     seconds: float = 0.0
     parse_rate: float | None = None  # share of LM fan-outs that parsed; None for strategies without an LM
+    distinct: float = 0.0  # mean distinct `distinct_key` values among the first N_min items (0 when off)
     # Each query's Recall@N in split order, so rows scored on the same sets compare query by query (`r4t frontier`).
     recall_per_query: dict[int, list[float]] = field(default_factory=dict)
 
@@ -298,12 +300,16 @@ def score_split(strategy: Strategy, dataset: Dataset, split: str, cfg: EvalConfi
         results = [strategy.run([s.intent for s in chunk], cq, n_max, cfg.seed + r) for r in range(runs)]
         for i, s in enumerate(chunk):
             per_query.append(query_metrics(s.item_ids, cq[i], [res[i] for res in results], strategy.resolver, cfg))
+            if cfg.distinct_key:
+                per_query[-1]["distinct"] = len({dataset.items[j].payload.get(cfg.distinct_key)
+                                                 for j in results[0][i].items[: cfg.ns[0]]})
     seconds = time.perf_counter() - started
     mean = {key: float(np.mean([q[key] for q in per_query])) for key in per_query[0]}
     return Row(strategy.name, strategy.encoder.manifest.encoder.name, split, len(sets),
                recall={n: mean[f"recall@{n}"] for n in cfg.ns}, hit={n: mean[f"hit@{n}"] for n in cfg.ns},
                vendi_runs=mean["vendi_runs"], groundedness=mean["groundedness"],
                diversity=mean["diversity"], alignment=mean["alignment"], seconds=round(seconds, 1),
+               distinct=mean.get("distinct", 0.0),
                parse_rate=(round(strategy.stats["parsed"] / strategy.stats["fanouts"], 4)
                            if strategy.stats.get("fanouts") else None),
                recall_per_query={n: [round(q[f"recall@{n}"], 6) for q in per_query] for n in cfg.ns})

@@ -53,8 +53,8 @@ def catalog_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
-def index_meta(dataset: Dataset, encoder: OnnxEncoder) -> dict:
-    return {
+def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> dict:
+    meta = {
         "dataset": dataset.name,
         "items": len(dataset.items),
         "catalog_sha256": catalog_fingerprint(dataset),
@@ -63,6 +63,9 @@ def index_meta(dataset: Dataset, encoder: OnnxEncoder) -> dict:
         "dim": encoder.dim,
         "quantization": "int8" if HnswSettings.int8 else None,  # an index built before int8 is rebuilt
     }
+    if space is not None:  # item vectors come from the space, not from embedding the item texts
+        meta |= {"space": space.name, "space_kind": space.kind, "distance": space.distance}
+    return meta
 
 
 def read_index_meta(index_dir: Path) -> dict | None:
@@ -70,22 +73,31 @@ def read_index_meta(index_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: IndexConfig) -> None:
-    """Embed every item in batches (progress bar) and upsert them with their payloads."""
+def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: IndexConfig, space=None) -> None:
+    """Embed every item in batches (progress bar), or take its vector from `space`, and upsert with payloads."""
     items = list(dataset.items.values())
+    row = {i: j for j, i in enumerate(space.item_ids)} if space is not None else None
     bar = tqdm(total=len(items), desc=f"index {dataset.name}", unit="item")
     for start in range(0, len(items), cfg.upsert_every):
         chunk = items[start : start + cfg.upsert_every]
-        vectors = encoder.encode([it.text for it in chunk], batch_size=cfg.batch_size)  # (n, D)
+        if row is None:
+            vectors = encoder.encode([it.text for it in chunk], batch_size=cfg.batch_size)  # (n, D)
+        else:
+            vectors = space.items[[row[it.id] for it in chunk]]  # (n, k)
         store.upsert([it.id for it in chunk], vectors, [{"text": it.text, **it.payload} for it in chunk])
         bar.update(len(chunk))
     bar.close()
 
 
-def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: IndexConfig) -> dict:
-    """Build (or keep) the index of `dataset`; returns index.json's content plus timings."""
+def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: IndexConfig, space=None) -> dict:
+    """Build (or keep) the index of `dataset`; returns index.json's content plus timings.
+
+    With a `space` (`training.space.Space`), items are stored as the space's vectors under its distance and
+    `encoder` is the space's query encoder.
+    """
     index_dir = Path(index_dir)
-    meta = index_meta(dataset, encoder)
+    meta = index_meta(dataset, encoder, space)
+    distance = space.distance if space is not None else "cosine"
     current = read_index_meta(index_dir)
     if current and {k: current.get(k) for k in meta} == meta and not cfg.qdrant_url:
         log.info("index %s is up to date (%d items): nothing to do", index_dir, meta["items"])
@@ -93,8 +105,8 @@ def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
     started = time.perf_counter()
     if cfg.qdrant_url:
         collection = cfg.collection or f"r4t-{dataset.name}"
-        store = ServerStore(cfg.qdrant_url, collection, dim=encoder.dim, create=True)
-        embed_and_upsert(dataset, encoder, store, cfg)
+        store = ServerStore(cfg.qdrant_url, collection, dim=encoder.dim, create=True, distance=distance)
+        embed_and_upsert(dataset, encoder, store, cfg, space)
         meta |= {"qdrant_url": cfg.qdrant_url, "collection": collection}
         store.close()
         index_dir.mkdir(parents=True, exist_ok=True)
@@ -104,8 +116,8 @@ def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
         tmp = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}."))
         tmp.chmod(0o755)
         try:
-            store = EdgeStore.create(tmp / SHARD_DIR, encoder.dim)
-            embed_and_upsert(dataset, encoder, store, cfg)
+            store = EdgeStore.create(tmp / SHARD_DIR, encoder.dim, distance=distance)
+            embed_and_upsert(dataset, encoder, store, cfg, space)
             t_opt = time.perf_counter()
             store.optimize()  # builds the HNSW graph; searches before this are brute force
             meta["optimize_s"] = round(time.perf_counter() - t_opt, 2)

@@ -1,0 +1,209 @@
+"""`r4t space ...`: the co-membership space, its neighbourhood-teacher pairs, its fan-out graph and its quality table.
+
+The chain, every stage cached (a rerun with its output present is a no-op):
+    r4t space build --dataset mpd      # artifacts/spaces/space-mpd, encoders/space-mpd, index/mpd/space-mpd
+    r4t space pairs --dataset mpd      # artifacts/pairs/space-mpd-teacher (every train intent, own set left out)
+    r4t diffusion train --dataset mpd --name space-mpd-teacher --relative --width 128 --depth 2 ...
+    r4t space export --dataset mpd     # artifacts/graphs/space-mpd-s4, with its measured val recall vs single
+    r4t space quality --dataset mpd    # results/quality_mpd.{json,md}, every held-out set
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+space_app = typer.Typer(help="The co-membership space, its teacher pairs, graph and quality table.",
+                        no_args_is_help=True)
+
+NAME_OPT = typer.Option("", help="Space name; default space-<dataset>")
+ARTIFACTS_OPT = typer.Option(None, help="Artifacts root (R4T_ARTIFACTS_DIR)")
+DATA_OPT = typer.Option(None, help="Data root; default ../shared/data or ./data (R4T_DATA_DIR)")
+
+
+def _paths(dataset: str, name: str, artifacts: Path | None):
+    from export.cli import _settings
+
+    settings = _settings(dataset, artifacts)
+    name = name or f"space-{dataset}"
+    root = settings.artifacts_dir
+    return settings, name, {"space": root / "spaces" / name, "encoder": root / "encoders" / name,
+                            "index": root / "index" / dataset / name, "text": root / "encoders" / settings.encoder,
+                            "text_index": root / "index" / dataset / settings.encoder,
+                            "pairs": root / "pairs" / f"{name}-teacher", "graph": root / "graphs" / f"{name}-s4",
+                            "model": root / "diffusion" / f"{name}-teacher" / "model.pt"}
+
+
+def _dataset(dataset: str, data_dir: Path | None):
+    from training.data import default_data_dir, load_dataset
+
+    return load_dataset(dataset, data_dir or default_data_dir())
+
+
+@space_app.command("build")
+def build(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    name: str = NAME_OPT,
+    kind: str = typer.Option("", help="comember (SVD of set co-membership) | text; default by dataset"),
+    factors: int = typer.Option(64, help="SVD rank of the co-membership factors"),
+    neighbours: int = typer.Option(20, help="Nearest train titles averaged into the query"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """Fit the space on train sets, export its query encoder (ONNX, parity-checked) and build its index."""
+    from export.cli import _export_encoder, _parity_texts, _start
+    from export.space import export_space_encoder
+    from service.encoder import OnnxEncoder
+    from training.index import IndexConfig, build_index
+    from training.space import Space, SpaceConfig, build_space
+
+    _start(dataset)
+    settings, name, p = _paths(dataset, name, artifacts)
+    if not (p["text"] / "manifest.json").is_file():
+        _export_encoder("", settings.encoder, artifacts, data_dir)
+    ds = _dataset(dataset, data_dir)
+    if not (p["space"] / "space.json").is_file():
+        cfg = SpaceConfig(kind=kind, factors=factors, neighbours=neighbours)
+        build_space(ds, OnnxEncoder(p["text"]), cfg, name).save(p["space"])
+    space = Space.load(p["space"])
+    if not (p["encoder"] / "manifest.json").is_file():
+        export_space_encoder(p["encoder"], space, p["text"], _parity_texts(data_dir, 64))
+    meta = build_index(ds, OnnxEncoder(p["encoder"]), p["index"], IndexConfig(), space=space)
+    typer.echo(f"space {name} ({space.kind}, {space.dim}-d, {space.distance}): {meta['items']} items in {p['index']}")
+
+
+@space_app.command("pairs")
+def pairs(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    name: str = NAME_OPT,
+    blend: float = typer.Option(0.25, help="Row = normalise(q + blend·(centroid − q))"),
+    samples: int = typer.Option(1, help="Target sets per intent (K-means seeds)"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+) -> None:
+    """Neighbourhood-teacher pairs: every train intent -> K rows from the sets of the nearest *other* intents."""
+    import numpy as np
+
+    from export.cli import _start
+    from service.manifest import write_json_atomic
+    from training.diffusion.pairs import _save_npz
+    from training.space import Space, TeacherConfig, teacher_pairs
+
+    _start(dataset)
+    _, name, p = _paths(dataset, name, artifacts)
+    out = p["pairs"] / "pairs-00000.npz"
+    if out.is_file():
+        typer.echo(f"{out} exists: nothing to do")
+        return
+    space, cfg = Space.load(p["space"]), TeacherConfig(blend=blend, samples=samples)
+    query, targets, ids = teacher_pairs(space, cfg)
+    p["pairs"].mkdir(parents=True, exist_ok=True)
+    index = {sid: j for j, sid in enumerate(space.set_ids)}
+    _save_npz(out, query=query, targets=targets, reward=np.ones(len(query), np.float32),
+              set_index=np.asarray([index[i] for i in ids], np.int64))
+    write_json_atomic(p["pairs"] / "synth.json", {"dataset": dataset, "task": "teacher", "space": name,
+                                                  "teacher": {"kind": "neighbourhood", **cfg.__dict__},
+                                                  "queries": len(space.set_ids), "pairs_total": len(query)})
+    typer.echo(f"{out}: {len(query)} pairs")
+
+
+@space_app.command("export")
+def export(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    name: str = NAME_OPT,
+    steps: int = typer.Option(4, help="Sampler steps unrolled into the graph"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """Space head + denoiser as one graph; its val recall against `single` lands in the manifest (`/info`)."""
+    from export.cli import _start
+    from export.fanout import FanoutExportConfig, export_fanout
+    from export.space import load_head
+    from training.diffusion.pairs import read_report
+    from training.diffusion.train import load_model
+    from training.space import Space
+
+    _start(dataset)
+    _, name, p = _paths(dataset, name, artifacts)
+    ds = _dataset(dataset, data_dir)
+    space = Space.load(p["space"])
+    head, _ = load_head(space, p["text"])
+    queries = [s.intent for s in ds.split("val")[:64]]
+    provenance = {"space": name, "space_kind": space.kind, "distance": space.distance,
+                  "teacher": read_report(p["pairs"]).get("teacher"), "pairs": read_report(p["pairs"])["pairs_total"]}
+    export_fanout(p["graph"], p["encoder"], load_model(p["model"]), FanoutExportConfig(steps=steps), queries,
+                  dataset, head=head, provenance=provenance)
+    provenance["val"] = _val_check(ds, p)
+    export_fanout(p["graph"], p["encoder"], load_model(p["model"]), FanoutExportConfig(steps=steps), queries,
+                  dataset, head=head, provenance=provenance)
+    typer.echo(f"{p['graph']}: {provenance['val']}")
+
+
+def _val_check(ds, p) -> dict:
+    """The graph against `single` on every val set (one run): recall, paired interval, the verdict."""
+    from service.encoder import OnnxEncoder
+    from service.graph import FanoutGraph
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.evaluate import EvalConfig, graph_strategy, score_split, single_strategy
+    from training.frontier import paired_difference
+
+    enc, store = OnnxEncoder(p["encoder"]), EdgeStore.open(p["index"] / "shard")
+    try:
+        res = Resolver(store)
+        cfg = EvalConfig(dataset=ds.name, splits=("val",), vendi_runs=1)
+        single = score_split(single_strategy(enc, res, cfg.k), ds, "val", cfg)
+        graph = score_split(graph_strategy("diffusion", FanoutGraph(p["graph"]), enc, res), ds, "val", cfg)
+    finally:
+        store.close()
+    n = cfg.ns[0]
+    ci = paired_difference(graph.recall_per_query[n], single.recall_per_query[n])
+    return {"sets": single.queries, "n": n, "recall_diffusion": round(graph.recall[n], 5),
+            "recall_single": round(single.recall[n], 5), "ci_vs_single": [round(x, 5) for x in ci],
+            "non_inferior": ci[1] >= -0.005}
+
+
+@space_app.command("quality")
+def quality(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd"),
+    name: str = NAME_OPT,
+    jitter: str = typer.Option("0.1,0.2,0.4", help="Scales of the jittered-query control"),
+    max_queries: int = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look"),
+    vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi"),
+    out: Path = typer.Option(Path("results"), help="Directory of quality_<dataset>.{json,md}"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """Every strategy on every val and test set: results/quality_<dataset>.json (the service's default reads it)."""
+    from export.cli import _start
+    from service.encoder import OnnxEncoder
+    from service.graph import FanoutGraph
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.evaluate import graph_strategy, jitter_strategy, neighbour_sets_strategy, single_strategy
+    from training.quality import QualityConfig, measure, popular_strategy, teacher_strategy
+    from training.space import Space, TeacherConfig
+
+    _start(dataset)
+    _, name, p = _paths(dataset, name, artifacts)
+    ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
+    cfg = QualityConfig(jitter=tuple(float(s) for s in jitter.split(",") if s), vendi_runs=vendi_runs,
+                        max_queries=max_queries)
+    text, enc = OnnxEncoder(p["text"]), OnnxEncoder(p["encoder"])
+    base, res = Resolver(EdgeStore.open(p["text_index"] / "shard")), Resolver(EdgeStore.open(p["index"] / "shard"))
+    strategies = {"single_base": single_strategy(text, base, 10), "single": single_strategy(enc, res, 10),
+                  "popular": popular_strategy(ds, enc, res), "neighbours": neighbour_sets_strategy(text, base, ds, 10),
+                  **{f"jitter@{s:g}": jitter_strategy(enc, res, 10, s) for s in cfg.jitter},
+                  "teacher": teacher_strategy(space, text, enc, res, TeacherConfig())}
+    if p["graph"].is_dir():
+        graph = FanoutGraph(p["graph"])
+        strategies["diffusion"] = graph_strategy("diffusion", graph, enc, res)
+        extra = {"graph": graph.manifest.config.get("provenance", {}) | {"steps": graph.info.steps}}
+    else:
+        extra = {"graph": None}
+    command = "r4t " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    measure(strategies, ds, space, cfg, out / f"quality_{dataset}", command, extra)
+    typer.echo(f"{out}/quality_{dataset}.json")

@@ -1,0 +1,128 @@
+"""`r4t space quality`: every strategy on every held-out set, one JSON per dataset (results/quality_<dataset>.json).
+
+Rows (strategy names are the JSON's keys): `single_base` (no fan-out, base MiniLM text space), `single` (no
+fan-out in the space), `popular` (the most frequent train items, the same list for every query),
+`neighbours` (the union of the nearest-title train sets), `jitter@s` (the space's query plus isotropic
+noise, several scales: the control at matched Vendi), `teacher` (the neighbourhood teacher's rows resolved
+directly) and `diffusion` (the exported graph). Every row is scored by `training.evaluate.score_split` on the
+same sets; `ci_vs_single` is the paired bootstrap 95% interval of its per-query recall minus `single`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from service.encoder import OnnxEncoder
+from service.manifest import write_json_atomic, write_text_atomic
+from service.resolver import Resolver
+from training.data import Dataset
+from training.evaluate import (
+    EvalConfig,
+    Retrieval,
+    Row,
+    Strategy,
+    jitter_strategy,
+    neighbour_sets_strategy,
+    retrieve_blocks,
+    score_split,
+    single_strategy,
+)
+from training.frontier import paired_difference
+from training.space import Space, TeacherConfig, nearest_sets, neighbour_targets
+
+log = logging.getLogger(__name__)
+
+DISTINCT_KEY = {"mpd": "artist", "polyvore": "category"}  # "more distinct artists" (MPD), categories (Polyvore)
+
+
+def popular_strategy(dataset: Dataset, encoder: OnnxEncoder, resolver: Resolver) -> Strategy:
+    """The same list for every query: train items by the number of train sets that hold them."""
+    counts = Counter(i for s in dataset.split("train") for i in s.item_ids)
+    ranked = [i for i, _ in counts.most_common()]
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        return [Retrieval(vectors=v[None], nearest=np.array([1.0]), items=ranked[:n], representatives=ranked[:10])
+                for v in qv]
+
+    return Strategy("popular", run, encoder, resolver)
+
+
+def teacher_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, resolver: Resolver,
+                     cfg: TeacherConfig) -> Strategy:
+    """The neighbourhood teacher for a held-out intent (train sets only), resolved as the graph's rows are."""
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        near = nearest_sets(space, text.encode(queries))  # (B, n)
+        rows = [neighbour_targets(space, q, nb, cfg, seed) for q, nb in zip(qv, near)]
+        return retrieve_blocks(resolver, rows, n)
+
+    return Strategy("teacher", run, encoder, resolver, stochastic=cfg.samples > 1)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    splits: tuple[str, ...] = ("val", "test")
+    jitter: tuple[float, ...] = (0.1, 0.2, 0.4)  # scales of the control; pick the one at the graph's Vendi
+    vendi_runs: int = 5
+    max_queries: int = 0  # 0 = every set (what the report must use); > 0 for a quick look only
+    seed: int = 0
+
+
+def row_json(row: Row, single: Row | None) -> dict:
+    out = {"recall": {str(n): round(v, 6) for n, v in row.recall.items()},
+           "hit": {str(n): round(v, 6) for n, v in row.hit.items()}, "vendi": round(row.vendi_runs, 6),
+           "groundedness": round(row.groundedness, 6), "diversity": round(row.diversity, 6),
+           "alignment": round(row.alignment, 6), "distinct": round(row.distinct, 3), "seconds": row.seconds}
+    if single is not None:
+        out["ci_vs_single"] = {str(n): [round(x, 6) for x in paired_difference(row.recall_per_query[n],
+                                                                                single.recall_per_query[n])]
+                               for n in row.recall}
+    return out
+
+
+def measure(strategies: dict[str, Strategy], dataset: Dataset, space: Space, cfg: QualityConfig, out: Path,
+            command: str, extra: dict | None = None) -> dict:
+    """Score every strategy on every split; write `out` (.json and .md)."""
+    ecfg = EvalConfig(dataset=dataset.name, splits=cfg.splits, vendi_runs=cfg.vendi_runs, max_queries=cfg.max_queries,
+                      seed=cfg.seed, distinct_key=DISTINCT_KEY.get(dataset.name, ""))
+    report = {"dataset": dataset.name, "space": space.name, "space_kind": space.kind, "distance": space.distance,
+              "k": ecfg.k, "n_values": list(ecfg.ns), "vendi_runs": cfg.vendi_runs,
+              "distinct": f"distinct {ecfg.distinct_key} values among the first {ecfg.ns[0]} items",
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command,
+              "config": asdict(cfg), **(extra or {}), "splits": {}}
+    for split in cfg.splits:
+        rows = {name: score_split(s, dataset, split, ecfg) for name, s in strategies.items()}
+        single = rows.get("single")
+        report["splits"][split] = {"queries": next(iter(rows.values())).queries, "strategies": {
+            name: row_json(r, single if name != "single" else None) for name, r in rows.items()}}
+        log.info("%s %s: %s", dataset.name, split, {n: r.recall for n, r in rows.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.with_suffix(".json"), report)
+    write_text_atomic(out.with_suffix(".md"), render_markdown(report))
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    ns = [str(n) for n in report["n_values"]]
+    lines = [f"# Quality: {report['dataset']} in the `{report['space']}` space ({report['space_kind']}, "
+             f"{report['distance']})", "", f"- command: `{report['command']}`", f"- date: {report['date']}",
+             f"- K = {report['k']}; Vendi over {report['vendi_runs']} runs; {report['distinct']}",
+             "- Δ vs single: mean per-query recall difference against `single` on the same sets, paired bootstrap 95%"]
+    for split, block in report["splits"].items():
+        lines += ["", f"## {split} ({block['queries']} sets, all of them)", "",
+                  "| strategy | " + " | ".join(f"R@{n}" for n in ns) + " | " + " | ".join(f"Δ@{n} vs single" for n in ns)
+                  + " | " + " | ".join(f"Hit@{n}" for n in ns) + " | Vendi | distinct |",
+                  "|---|" + "---:|" * (3 * len(ns) + 2)]
+        for name, r in block["strategies"].items():
+            ci = r.get("ci_vs_single")
+            deltas = [f"{ci[n][0]:+.4f} [{ci[n][1]:+.4f}, {ci[n][2]:+.4f}]" if ci else "—" for n in ns]
+            lines.append(f"| {name} | " + " | ".join(f"{r['recall'][n]:.4f}" for n in ns) + " | " + " | ".join(deltas)
+                         + " | " + " | ".join(f"{r['hit'][n]:.4f}" for n in ns)
+                         + f" | {r['vendi']:.4f} | {r['distinct']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,233 @@
+"""The co-membership space: item vectors learned from which items share train sets, and a title head into it.
+
+Two kinds, one interface (`Space`):
+- `comember` (MPD): truncated SVD of the idf-weighted train-set x item incidence (sklearn's randomized
+  SVD); item = V·√σ, set = U·√σ. The vectors are left unnormalised and scored by inner product, so an
+  item's norm carries its popularity. Items that no train set holds (cold tracks) get a content tower:
+  ridge regression from their text embedding onto the warm items' factors.
+- `text` (Polyvore, where only 140 of 8.9k items recur across outfits, so co-membership of ids is
+  empty): items are their text embeddings; a set is the mean of its items'.
+
+The query head is the same for both: the mean vector of the train sets whose titles are nearest to the
+query text (`query_vectors`), unit-normalised. It is exported inside the space encoder's ONNX graph.
+Only train-split sets contribute a factor, a set vector or a title.
+
+The neighbourhood teacher (`neighbour_targets`) gives a train intent K fan-out vectors from the sets of
+the most similar *other* train intents: K-means of their items in the space, each centroid pulled
+towards the query by `blend` (the fixed-quota union of the K lists then covers the query's own list
+and spreads around it). It never sees the intent's own set, so it is the teacher a held-out intent has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.cluster import KMeans
+from sklearn.linear_model import Ridge
+from sklearn.utils.extmath import randomized_svd
+from tqdm import tqdm
+
+from service.encoder import OnnxEncoder
+from service.manifest import replace_dir, write_json_atomic
+from training.data import Dataset, ItemSet
+
+log = logging.getLogger(__name__)
+
+SPACE_FILE, SPACE_META, MEMBERS_FILE = "space.npz", "space.json", "members.npz"
+KINDS = ("comember", "text")
+DEFAULT_KIND = {"mpd": "comember", "polyvore": "text"}
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    kind: str = ""  # comember | text; "" = the dataset's default (DEFAULT_KIND)
+    factors: int = 64  # SVD rank k (comember); 64 scored at least as well as 128 and 256 on MPD val
+    idf: bool = True  # weight each item column by log(S / df) before the SVD
+    neighbours: int = 20  # nearest train titles whose set vectors average into the query
+    ridge: float = 1.0  # L2 penalty of the cold-item content tower
+    tower_sample: int = 30_000  # warm items whose (text, factor) pairs fit the content tower
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind and self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)} (or '' for the dataset default)")
+        if self.factors < 2 or self.neighbours < 1 or self.tower_sample < 1:
+            raise ValueError("factors must be >= 2, neighbours and tower_sample >= 1")
+
+
+@dataclass
+class Space:
+    """Item vectors (N, k), train-set vectors (S, k) and the train titles' text embeddings (S, D)."""
+
+    name: str
+    dataset: str
+    kind: str
+    item_ids: list[str]
+    items: np.ndarray  # (N, k) float32; unnormalised for comember
+    warm: np.ndarray  # (N,) bool: the item is in at least one train set
+    set_ids: list[str]
+    sets: np.ndarray  # (S, k) float32
+    titles: np.ndarray  # (S, D) unit text embeddings of the train intents
+    members: sp.csr_matrix  # (S, N) which items each train set holds (the teacher's input)
+    neighbours: int
+    meta: dict
+
+    @property
+    def distance(self) -> str:
+        return "dot" if self.kind == "comember" else "cosine"
+
+    @property
+    def dim(self) -> int:
+        return self.items.shape[1]
+
+    def save(self, directory: Path) -> None:
+        """Written into a temp directory that replaces `directory` only when complete."""
+        directory = Path(directory)
+        tmp = directory.with_name(f".{directory.name}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp / SPACE_FILE, items=self.items, warm=self.warm, sets=self.sets, titles=self.titles,
+                 item_ids=np.array(self.item_ids), set_ids=np.array(self.set_ids))
+        sp.save_npz(tmp / MEMBERS_FILE, self.members)
+        write_json_atomic(tmp / SPACE_META, {"name": self.name, "dataset": self.dataset, "kind": self.kind,
+                                             "neighbours": self.neighbours, **self.meta})
+        replace_dir(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: Path) -> Space:
+        directory = Path(directory)
+        if not (directory / SPACE_META).is_file():
+            raise FileNotFoundError(f"no space at {directory}: run `r4t space build`")
+        meta = json.loads((directory / SPACE_META).read_text())
+        arrays = np.load(directory / SPACE_FILE)
+        return cls(meta.pop("name"), meta.pop("dataset"), meta.pop("kind"), arrays["item_ids"].tolist(),
+                   arrays["items"], arrays["warm"], arrays["set_ids"].tolist(), arrays["sets"], arrays["titles"],
+                   sp.load_npz(directory / MEMBERS_FILE).tocsr(), meta.pop("neighbours"), meta)
+
+
+def incidence(sets: list[ItemSet], column: dict[str, int]) -> sp.csr_matrix:
+    """(S, N) 0/1 matrix: row s holds the items of set s."""
+    rows = [r for r, s in enumerate(sets) for _ in s.item_ids]
+    cols = [column[i] for s in sets for i in s.item_ids]
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(sets), len(column)))
+
+
+def build_space(dataset: Dataset, encoder: OnnxEncoder, cfg: SpaceConfig, name: str) -> Space:
+    """Fit the space on the train split of `dataset`; `encoder` embeds titles and item texts (text tower)."""
+    kind = cfg.kind or DEFAULT_KIND[dataset.name]
+    train = dataset.split("train")
+    item_ids = list(dataset.items)
+    column = {i: j for j, i in enumerate(item_ids)}
+    x = incidence(train, column)  # (S, N)
+    df = np.asarray(x.sum(0)).ravel()  # (N,) train sets holding each item
+    warm = df > 0
+    titles = encoder.encode([s.intent for s in train])  # (S, D)
+    meta = {"config": asdict(cfg), "train_sets": len(train), "items": len(item_ids), "warm_items": int(warm.sum()),
+            "text_encoder": encoder.manifest.encoder.name, "text_encoder_sha256": encoder.manifest.encoder_sha256}
+    if kind == "comember":
+        weights = np.log(len(train) / np.maximum(df, 1)).astype(np.float32) if cfg.idf else np.ones(len(df), np.float32)
+        u, sigma, vt = randomized_svd(x.multiply(weights[None]).tocsr(), cfg.factors, random_state=cfg.seed, n_iter=5)
+        items = (vt.T * np.sqrt(sigma)).astype(np.float32)  # (N, k)
+        sets = (u * np.sqrt(sigma)).astype(np.float32)  # (S, k)
+        items[~warm] = content_tower(dataset, encoder, items, warm, item_ids, cfg)
+        meta["singular_values"] = [round(float(s), 4) for s in sigma]
+    else:
+        items = encoder.encode([dataset.items[i].text for i in item_ids])  # (N, D)
+        sets = np.asarray(x @ items) / np.maximum(np.asarray(x.sum(1)), 1)  # (S, D) mean of members
+        sets = sets.astype(np.float32)
+    return Space(name, dataset.name, kind, item_ids, items, warm, [s.id for s in train], sets, titles, x,
+                 cfg.neighbours, meta)
+
+
+def content_tower(dataset: Dataset, encoder: OnnxEncoder, items: np.ndarray, warm: np.ndarray,
+                  item_ids: list[str], cfg: SpaceConfig) -> np.ndarray:
+    """Factors of the cold items from their text: ridge regression fitted on a sample of warm items.
+
+    Its predictions shrink towards 0, so a cold item scores like a rare one: honest, since nothing says
+    people put it in sets.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    warm_idx = np.flatnonzero(warm)
+    fit_idx = rng.choice(warm_idx, size=min(cfg.tower_sample, len(warm_idx)), replace=False)
+    cold_idx = np.flatnonzero(~warm)
+    texts = [dataset.items[item_ids[i]].text for i in np.concatenate([fit_idx, cold_idx])]
+    emb = encoder.encode(texts)  # (fit + cold, D)
+    tower = Ridge(alpha=cfg.ridge).fit(emb[: len(fit_idx)], items[fit_idx])
+    log.info("content tower: fitted on %d warm items, R^2 %.3f; %d cold items embedded", len(fit_idx),
+             tower.score(emb[: len(fit_idx)], items[fit_idx]), len(cold_idx))
+    return tower.predict(emb[len(fit_idx):]).astype(np.float32)
+
+
+def nearest_sets(space: Space, title_emb: np.ndarray, exclude: list[str | None] | None = None,
+                 n: int | None = None) -> np.ndarray:
+    """(B, n) indices of the train sets whose titles are nearest to each (D,) text embedding.
+
+    `exclude[b]` names a train set that query b must not see (its own, when b is a train intent).
+    """
+    n = n or space.neighbours
+    sims = title_emb @ space.titles.T + tiebreak(len(space.set_ids))  # (B, S)
+    if exclude is not None:
+        row = {sid: j for j, sid in enumerate(space.set_ids)}
+        for b, sid in enumerate(exclude):
+            if sid in row:
+                sims[b, row[sid]] = -np.inf
+    return np.argsort(-sims, axis=1, kind="stable")[:, :n]
+
+
+def tiebreak(n_sets: int) -> np.ndarray:
+    """(S,) tiny decreasing offsets: many train sets share a title, and equal similarities must rank the same
+    way in numpy and in the exported graph (earlier set first)."""
+    return (-1e-6 * np.arange(n_sets) / n_sets).astype(np.float32)
+
+
+def query_vectors(space: Space, title_emb: np.ndarray, exclude: list[str | None] | None = None) -> np.ndarray:
+    """(B, k) unit query vectors: the mean vector of the nearest train sets (what the ONNX head computes)."""
+    q = space.sets[nearest_sets(space, title_emb, exclude)].mean(1)  # (B, k)
+    return (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    k: int = 10  # fan-out vectors per intent (paper: 10)
+    blend: float = 0.25  # row = normalise(q + blend·(centroid − q)); chosen on MPD val (1.0, 0.5, 0.25)
+    samples: int = 1  # target sets per intent (K-means seeds)
+    max_iter: int = 50
+
+    def __post_init__(self):
+        if self.k < 1 or self.samples < 1 or not 0.0 <= self.blend <= 1.0:
+            raise ValueError("k and samples must be >= 1 and blend in [0, 1]")
+
+
+def neighbour_targets(space: Space, query: np.ndarray, neighbours: np.ndarray, cfg: TeacherConfig,
+                      seed: int = 0) -> np.ndarray:
+    """(k, d) unit fan-out rows for one (d,) unit query from the train sets `neighbours` (indices).
+
+    K-means (item-count weighted) of the neighbour sets' items; each centroid blended with the query.
+    """
+    members = space.members[neighbours]  # (n, N)
+    counts = np.asarray(members.sum(0)).ravel()
+    idx = np.flatnonzero(counts)
+    if len(idx) < cfg.k:
+        return np.repeat(query[None], cfg.k, axis=0)
+    km = KMeans(cfg.k, n_init=1, max_iter=cfg.max_iter, random_state=seed).fit(space.items[idx], sample_weight=counts[idx])
+    centres = km.cluster_centers_ / np.maximum(np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True), 1e-12)
+    rows = query[None] + cfg.blend * (centres - query[None])  # (k, d)
+    return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def teacher_pairs(space: Space, cfg: TeacherConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every train intent -> (query (d,), targets (k, d)), its own set left out of both; samples per intent."""
+    emb, own = space.titles, space.set_ids  # the train titles and set ids, in train order
+    near = nearest_sets(space, emb, exclude=own)
+    q = query_vectors(space, emb, exclude=own)
+    queries, targets, ids = [], [], []
+    for b in tqdm(range(len(own)), desc="teacher pairs", unit="intent"):
+        for r in range(cfg.samples):
+            queries.append(q[b])
+            targets.append(neighbour_targets(space, q[b], near[b], cfg, seed=r))
+            ids.append(own[b])
+    return np.stack(queries), np.stack(targets), ids
