@@ -122,6 +122,7 @@ def export(
     from export.cli import _start
     from export.fanout import FanoutExportConfig, export_fanout
     from export.space import load_head
+    from service.manifest import load_manifest, write_json_atomic
     from training.diffusion.pairs import read_report
     from training.diffusion.train import load_model
     from training.space import Space
@@ -132,13 +133,16 @@ def export(
     space = Space.load(p["space"])
     head, _ = load_head(space, p["text"])
     queries = [s.intent for s in ds.split("val")[:64]]
+    report = read_report(p["pairs"])
     provenance = {"space": name, "space_kind": space.kind, "distance": space.distance,
-                  "teacher": read_report(p["pairs"]).get("teacher"), "pairs": read_report(p["pairs"])["pairs_total"]}
+                  "teacher": report.get("teacher"), "pairs": report["pairs_total"]}
     export_fanout(p["graph"], p["encoder"], load_model(p["model"]), FanoutExportConfig(steps=steps), queries,
                   dataset, head=head, provenance=provenance)
+    # The measured check goes into the manifest only: it is not among the hashed files, so nothing re-exports.
     provenance["val"] = _val_check(ds, p)
-    export_fanout(p["graph"], p["encoder"], load_model(p["model"]), FanoutExportConfig(steps=steps), queries,
-                  dataset, head=head, provenance=provenance)
+    manifest = load_manifest(p["graph"])
+    manifest.config["provenance"] = provenance
+    write_json_atomic(p["graph"] / "manifest.json", manifest.model_dump())
     typer.echo(f"{p['graph']}: {provenance['val']}")
 
 

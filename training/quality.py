@@ -27,11 +27,8 @@ from training.evaluate import (
     Retrieval,
     Row,
     Strategy,
-    jitter_strategy,
-    neighbour_sets_strategy,
     retrieve_blocks,
     score_split,
-    single_strategy,
 )
 from training.frontier import paired_difference
 from training.space import Space, TeacherConfig, nearest_sets, neighbour_targets
