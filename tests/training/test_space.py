@@ -1,0 +1,129 @@
+"""The co-membership space on a real MPD slice: train-only fitting, cold items, the exported head, the teacher."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.space import (
+    Space,
+    SpaceConfig,
+    TeacherConfig,
+    build_space,
+    nearest_sets,
+    neighbour_targets,
+    query_vectors,
+    teacher_pairs,
+)
+
+
+@pytest.fixture(scope="module")
+def mpd_slice(data_dir):
+    from training.data import load_dataset
+
+    return load_dataset("mpd", data_dir, limit=200)  # ~160 train playlists, the rest val/test
+
+
+@pytest.fixture(scope="module")
+def space(mpd_slice, encoder) -> Space:
+    return build_space(mpd_slice, encoder, SpaceConfig(factors=8, neighbours=5, tower_sample=2000), "space-test")
+
+
+def test_only_train_sets_contribute(space, mpd_slice):
+    train = mpd_slice.split("train")
+    held = mpd_slice.split("val") + mpd_slice.split("test")
+    assert held, "the slice must hold val/test playlists for this test to mean anything"
+    assert space.set_ids == [s.id for s in train]
+    assert not set(space.set_ids) & {s.id for s in held}
+    assert space.sets.shape == (len(train), 8) and space.titles.shape[0] == len(train)
+    in_train = {i for s in train for i in s.item_ids}
+    warm = {space.item_ids[j] for j in np.flatnonzero(space.warm)}
+    assert warm == in_train
+    only_held = {i for s in held for i in s.item_ids} - in_train
+    assert only_held and not warm & only_held  # items seen only in val/test sets are cold
+
+
+def test_cold_items_get_content_vectors(space):
+    cold = space.items[~space.warm]
+    assert len(cold) and np.isfinite(cold).all()
+    assert (np.linalg.norm(cold, axis=1) > 0).all()
+    assert len(np.unique(cold.round(5), axis=0)) > 0.9 * len(cold)  # from each item's own text, not one constant
+
+
+def test_save_load_roundtrip(space, tmp_path):
+    space.save(tmp_path / "s")
+    back = Space.load(tmp_path / "s")
+    assert back.kind == "comember" and back.distance == "dot" and back.item_ids == space.item_ids
+    np.testing.assert_array_equal(back.items, space.items)
+    assert (back.members != space.members).nnz == 0
+    assert not list(tmp_path.glob(".s*"))  # the temp directory was moved in, not left behind
+    with pytest.raises(FileNotFoundError, match="r4t space build"):
+        Space.load(tmp_path / "missing")
+
+
+def test_nearest_sets_excludes_own_set(space):
+    near = nearest_sets(space, space.titles[:10])
+    assert (near[:, 0] == np.arange(10)).all()  # a train title is nearest to itself ...
+    near = nearest_sets(space, space.titles[:10], exclude=space.set_ids[:10])
+    assert not (near == np.arange(10)[:, None]).any()  # ... unless its own set is left out
+
+
+def test_teacher_pairs_never_see_the_own_set(space):
+    q, targets, ids = teacher_pairs(space, TeacherConfig(k=4))
+    assert ids == space.set_ids and targets.shape == (len(ids), 4, space.dim)
+    np.testing.assert_allclose(np.linalg.norm(targets, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(q, query_vectors(space, space.titles, exclude=space.set_ids), atol=1e-6)
+    # the teacher of intent 0 depends on its neighbours only: dropping its own set from the members changes nothing
+    near = nearest_sets(space, space.titles[:1], exclude=space.set_ids[:1])[0]
+    again = neighbour_targets(space, q[0], near, TeacherConfig(k=4))
+    np.testing.assert_allclose(again, targets[0], atol=1e-6)
+    assert 0 not in near
+
+
+def test_blend_zero_is_the_query(space):
+    q = query_vectors(space, space.titles[:1])[0]
+    rows = neighbour_targets(space, q, nearest_sets(space, space.titles[:1])[0], TeacherConfig(k=3, blend=0.0))
+    np.testing.assert_allclose(rows, np.repeat(q[None], 3, 0), atol=1e-6)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        SpaceConfig(kind="svd")
+    with pytest.raises(ValueError):
+        TeacherConfig(blend=1.5)
+
+
+def test_text_space_for_polyvore(polyvore, encoder):
+    space = build_space(polyvore, encoder, SpaceConfig(neighbours=3), "space-pv")
+    assert space.kind == "text" and space.distance == "cosine" and space.dim == 384
+    first = polyvore.split("train")[0]
+    members = [space.item_ids.index(i) for i in first.item_ids]
+    np.testing.assert_allclose(space.sets[0], space.items[members].mean(0), atol=1e-5)
+
+
+def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, encoder_dir, tmp_path):
+    """The ONNX head equals `query_vectors`; the index built from the space scores by inner product."""
+    from export.space import export_space_encoder
+    from service.encoder import OnnxEncoder
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.index import SHARD_DIR, IndexConfig, build_index
+
+    texts = [s.intent for s in mpd_slice.split("val")] + ["late night drive", ""]
+    manifest = export_space_encoder(tmp_path / "enc", space, encoder_dir, texts)
+    assert manifest.parity.max_abs_error <= 1e-4 and manifest.encoder.dim == space.dim
+    assert manifest.config["space"]["distance"] == "dot"
+    enc = OnnxEncoder(tmp_path / "enc")
+    np.testing.assert_allclose(enc.encode(texts), query_vectors(space, OnnxEncoder(encoder_dir).encode(texts)),
+                               atol=1e-4)
+
+    meta = build_index(mpd_slice, enc, tmp_path / "index", IndexConfig(), space=space)
+    assert meta["distance"] == "dot" and meta["items"] == len(space.item_ids) and meta["space"] == "space-test"
+    store = EdgeStore.open(tmp_path / "index" / SHARD_DIR)
+    try:
+        q = enc.encode(["late night drive"])
+        ids = [h.id for h in Resolver(store).resolve(q, 10, exact=True)]
+        scores = space.items @ q[0]  # inner product, so norms (popularity) count: not the cosine order
+        assert ids == [space.item_ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
+    finally:
+        store.close()
