@@ -179,9 +179,10 @@ def nearest_sets(space: Space, title_emb: np.ndarray, exclude: list[str | None] 
 
 
 def tiebreak(n_sets: int) -> np.ndarray:
-    """(S,) tiny decreasing offsets: many train sets share a title, and equal similarities must rank the same
-    way in numpy and in the exported graph (earlier set first)."""
-    return (-1e-6 * np.arange(n_sets) / n_sets).astype(np.float32)
+    """(S,) decreasing offsets, 1e-3 across all sets: many train sets share a title, and equal similarities must
+    rank the same way in numpy, torch and ONNX Runtime (earlier set first). Steps must stay above float32
+    resolution near 1 (~1.2e-7) or the sum rounds the tie back."""
+    return (-1e-3 * np.arange(n_sets) / max(n_sets, 1)).astype(np.float32)
 
 
 def query_vectors(space: Space, title_emb: np.ndarray, exclude: list[str | None] | None = None) -> np.ndarray:
