@@ -175,6 +175,7 @@ def quality(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),
     name: str = NAME_OPT,
     jitter: str = typer.Option("0.1,0.2,0.4", help="Scales of the jittered-query control"),
+    splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
     max_queries: int = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look"),
     vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi"),
     out: Path = typer.Option(Path("results"), help="Directory of quality_<dataset>.{json,md}"),
@@ -194,7 +195,8 @@ def quality(
     _start(dataset)
     _, name, p = _paths(dataset, name, artifacts)
     ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
-    cfg = QualityConfig(jitter=tuple(float(s) for s in jitter.split(",") if s), vendi_runs=vendi_runs,
+    cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s),
+                        jitter=tuple(float(s) for s in jitter.split(",") if s), vendi_runs=vendi_runs,
                         max_queries=max_queries)
     text, enc = OnnxEncoder(p["text"]), OnnxEncoder(p["encoder"])
     base, res = Resolver(EdgeStore.open(p["text_index"] / "shard")), Resolver(EdgeStore.open(p["index"] / "shard"))
