@@ -67,6 +67,8 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     """The whole online path for one or many queries; query i of a batch uses seed + i."""
     started = time.perf_counter()
     queries = [check_query(rt, q, field if field == "query" else f"{field}.{i}") for i, q in enumerate(queries)]
+    if opts.strategy is None:
+        opts = opts.model_copy(update={"strategy": rt.default_strategy[0]})
     check_options(rt, opts)
     seed = opts.seed if opts.seed is not None else secrets.randbits(31)
     seeds = [seed + i for i in range(len(queries))]

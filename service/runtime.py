@@ -44,6 +44,7 @@ class Runtime:
     llm_pool: ThreadPoolExecutor | None = None
     encoder_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
+    default_strategy: tuple[str, str] = ("single", "no fan-out graph")  # (name, why): what an unset strategy runs
 
     def start_batchers(self) -> None:
         """Micro-batchers over the encoder and the graph, sharing one bounded executor."""
@@ -123,6 +124,21 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
     return graph
 
 
+def default_strategy(settings: Settings, graph: FanoutGraph | None) -> tuple[str, str]:
+    """(strategy, why) for requests that name none: diffusion only where its graph's manifest records a
+    measured val result no worse than single (written by `r4t space export`), unless R4T_DEFAULT_STRATEGY says."""
+    if settings.default_strategy:
+        return settings.default_strategy, "R4T_DEFAULT_STRATEGY"
+    if graph is None:
+        return "single", "no fan-out graph"
+    val = graph.manifest.config.get("provenance", {}).get("val")
+    if not val:
+        return "single", "the fan-out graph's manifest records no val check against single"
+    verdict = (f"val R@{val['n']} {val['recall_diffusion']:.4f} vs single {val['recall_single']:.4f} "
+               f"on {val['sets']} sets, paired 95% [{val['ci_vs_single'][1]:+.4f}, {val['ci_vs_single'][2]:+.4f}]")
+    return ("diffusion", verdict) if val.get("non_inferior") else ("single", verdict)
+
+
 def load_runtime(settings: Settings) -> Runtime:
     encoder = OnnxEncoder(settings.encoder_path, device=settings.device, threads=settings.onnx_threads,
                           spin=settings.onnx_spin)
@@ -135,7 +151,12 @@ def load_runtime(settings: Settings) -> Runtime:
     except ArtifactError:
         store.close()  # a refused start must not keep the shard (and its WAL lock) open
         raise
-    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings))
+    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings),
+                      default_strategy=default_strategy(settings, graph))
+    name = runtime.default_strategy[0]
+    if (name == "diffusion" and graph is None) or (name == "llm" and runtime.llm is None):
+        store.close()
+        raise ArtifactError(f"R4T_DEFAULT_STRATEGY={name} but this server has no {name} strategy")
     search(runtime, SearchRequest(query="warm-up query", limit=1))  # one real pass before ready
     if graph is not None:
         runtime.resolver.resolve(graph.run([("warm-up query", 0)])[0].fanout, limit_per_vector=1)

@@ -59,8 +59,9 @@ class FanoutOptions(BaseModel):
     k: int = Field(10, ge=1, description="Fan-out vectors per query (diffusion: at most the graph's L rows)")
     limit_per_fanout: int = Field(10, ge=1, description="Hits searched per fan-out vector")
     limit: int = Field(10, ge=1, description="Items returned after fusion (at most R4T_MAX_LIMIT)")
-    strategy: Strategy = Field("diffusion", description="diffusion (one ONNX pass) | llm (fan-out LM) | "
-                                                        "single (no fan-out)")
+    strategy: Strategy | None = Field(None, description="diffusion (one ONNX pass) | llm (fan-out LM) | "
+                                                               "single (no fan-out); unset: the server's measured "
+                                                               "default (/info default_strategy)")
     fusion: Fusion = Field("union", description="union: round robin over the fan-outs' ranks | rrf")
     fill: bool = Field(True, description="When overlapping fan-outs fuse to fewer than `limit` items, search "
                                          "those vectors deeper (doubling, up to `limit` each) until they do")

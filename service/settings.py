@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
     llm_policy: Path | None = Field(None, description="Local fan-out LM checkpoint for the llm strategy "
                                                       "(needs the [train] extra: torch)")
+    default_strategy: Literal["", "single", "diffusion", "llm"] = Field(
+        "", description="Strategy of requests that name none; '' = diffusion where the graph's manifest records a "
+                        "val result no worse than single, else single")
     llm_timeout_s: float = Field(30.0, gt=0, description="Deadline of one LLM fan-out call")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -120,7 +120,10 @@ def graph_dir(encoder_dir, polyvore, tmp_path_factory) -> Path:
 def settings(encoder_dir, polyvore_index, graph_dir):
     from service.settings import Settings
 
-    return Settings(encoder_dir=encoder_dir, index_dir=polyvore_index, graph_dir=graph_dir, dataset="polyvore")
+    # The toy graph records no val check, so the measured default would be single; the service tests
+    # exercise the diffusion path, so they name it (test_fanout covers the measured default itself).
+    return Settings(encoder_dir=encoder_dir, index_dir=polyvore_index, graph_dir=graph_dir, dataset="polyvore",
+                    default_strategy="diffusion")
 
 
 @pytest.fixture

@@ -270,7 +270,9 @@ def test_real_uvicorn_process_serves_search_and_fanout(encoder_dir, graph_dir, i
             response = httpx.post(f"{base}/search", json={"query": "red summer dress", "limit": 3}, timeout=30)
             assert response.status_code == 200, response.text
             assert len(response.json()["items"]) == 3
-            body = {"query": "red summer dress", "limit": 5, "seed": 3}
+            info = httpx.get(f"{base}/info", timeout=30).json()
+            assert info["default_strategy"]["name"] == "single"  # the toy graph records no val check
+            body = {"query": "red summer dress", "limit": 5, "seed": 3, "strategy": "diffusion"}
             first, second = (httpx.post(f"{base}/fanout", json=body, timeout=30) for _ in range(2))
             assert first.status_code == 200, first.text
             assert [it["id"] for it in first.json()["items"]] == [it["id"] for it in second.json()["items"]]

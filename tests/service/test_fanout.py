@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from collections import Counter
@@ -277,11 +278,42 @@ def test_graph_of_another_catalog_refuses_to_start(settings, graph_dir, tmp_path
 
 
 def test_graph_none_serves_without_diffusion(settings, index_copy):
-    plain = settings.model_copy(update={"index_dir": index_copy, "graph_dir": None, "graph": "none"})
+    plain = settings.model_copy(update={"index_dir": index_copy, "graph_dir": None, "graph": "none",
+                                        "default_strategy": ""})
     with TestClient(create_app(plain)) as client:
-        assert client.get("/info").json()["strategies"] == ["single"]
-        assert_problem(client.post("/fanout", json={"query": "boots"}), 422, "strategy")
-        assert client.post("/fanout", json={"query": "boots", "strategy": "single"}).status_code == 200
+        info = client.get("/info").json()
+        assert info["strategies"] == ["single"] and info["default_strategy"]["name"] == "single"
+        assert_problem(client.post("/fanout", json={"query": "boots", "strategy": "diffusion"}), 422, "strategy")
+        assert client.post("/fanout", json={"query": "boots"}).json()["strategy"] == "single"
+
+
+def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
+    """Unset strategy: diffusion only where the graph's manifest records a val check no worse than single."""
+    from service.graph import FanoutGraph
+    from service.manifest import load_manifest, write_json_atomic
+    from service.runtime import default_strategy
+
+    measured = settings.model_copy(update={"default_strategy": ""})
+    name, why = default_strategy(measured, FanoutGraph(graph_dir))
+    assert name == "single" and "no val check" in why
+    copy = tmp_path / "graph"
+    shutil.copytree(graph_dir, copy)
+    manifest = load_manifest(copy)
+    val = {"sets": 641, "n": 500, "recall_diffusion": 0.1682, "recall_single": 0.1665,
+           "ci_vs_single": [0.0017, -0.0002, 0.0037], "non_inferior": True}
+    for verdict, expected in ((True, "diffusion"), (False, "single")):
+        manifest.config["provenance"] = {"val": {**val, "non_inferior": verdict}}
+        write_json_atomic(copy / "manifest.json", manifest.model_dump())
+        name, why = default_strategy(measured, FanoutGraph(copy))
+        assert name == expected and "641 sets" in why
+    assert default_strategy(settings, None) == ("diffusion", "R4T_DEFAULT_STRATEGY")
+
+
+def test_default_strategy_without_its_part_refuses_to_start(settings, index_copy):
+    bad = settings.model_copy(update={"index_dir": index_copy, "default_strategy": "llm"})
+    with pytest.raises(ArtifactError, match="R4T_DEFAULT_STRATEGY=llm"):
+        with TestClient(create_app(bad)):
+            pass
 
 
 # --- the micro-batcher on its own --------------------------------------------------------------------
