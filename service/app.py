@@ -91,10 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"manifest": rt.encoder.manifest.model_dump(), "provider": rt.encoder.provider,
                 "graph": graph and {"path": str(graph.directory), "provider": graph.provider,
                                     "manifest": graph.manifest.model_dump()},
-                "strategies": ["single"] + (["diffusion"] if graph else []) + (["llm"] if rt.llm else []),
+                "strategies": rt.strategies,
                 "llm": rt.llm and rt.llm.name, "index": rt.index, "items": rt.store.count(),
                 "dataset": rt.settings.dataset,
-                "default_strategy": {"name": rt.default_strategy[0], "why": rt.default_strategy[1]}}
+                "default_strategy": rt.default._asdict()}
 
     @app.get("/metrics")
     def metrics(rt: Runtime = Depends(get_runtime)) -> Response:
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def fanout_route(req: FanoutRequest, request: Request, response: Response,
                            rt: Runtime = Depends(get_runtime)):
         """One broad query -> K fan-out vectors -> one batched store call -> fused items."""
-        request.state.strategy = req.strategy or rt.default_strategy[0]
+        request.state.strategy = rt.strategy(req.strategy)
         (result,) = await fanout(rt, [req.query], req)
         response.headers["Server-Timing"] = server_timing(result.timings)
         return result
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def fanout_batch(req: BatchRequest, request: Request, response: Response,
                            rt: Runtime = Depends(get_runtime)):
         """Many queries through one ONNX run and one store call; query i uses seed + i."""
-        request.state.strategy = req.strategy or rt.default_strategy[0]
+        request.state.strategy = rt.strategy(req.strategy)
         if len(req.queries) > rt.settings.max_batch_queries:
             raise errors.InvalidInput("queries", f"at most {rt.settings.max_batch_queries} queries per batch")
         results = await fanout(rt, req.queries, req, field="queries")

@@ -68,7 +68,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     started = time.perf_counter()
     queries = [check_query(rt, q, field if field == "query" else f"{field}.{i}") for i, q in enumerate(queries)]
     if opts.strategy is None:
-        opts = opts.model_copy(update={"strategy": rt.default_strategy[0]})
+        opts = opts.model_copy(update={"strategy": rt.default.name})
     check_options(rt, opts)
     seed = opts.seed if opts.seed is not None else secrets.randbits(31)
     seeds = [seed + i for i in range(len(queries))]

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from service.batcher import MicroBatcher
 from service.encoder import OnnxEncoder
@@ -29,6 +30,13 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 
 
+class Default(NamedTuple):
+    """The strategy a request that names none runs, and why (shown by /info)."""
+
+    name: str
+    why: str
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -44,7 +52,15 @@ class Runtime:
     llm_pool: ThreadPoolExecutor | None = None
     encoder_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
-    default_strategy: tuple[str, str] = ("single", "no fan-out graph")  # (name, why): what an unset strategy runs
+    default: Default = Default("single", "no fan-out graph")
+
+    @property
+    def strategies(self) -> list[str]:
+        """The strategies this server can run."""
+        return ["single"] + (["diffusion"] if self.graph else []) + (["llm"] if self.llm else [])
+
+    def strategy(self, requested: str | None) -> str:
+        return requested or self.default.name
 
     def start_batchers(self) -> None:
         """Micro-batchers over the encoder and the graph, sharing one bounded executor."""
@@ -124,19 +140,19 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
     return graph
 
 
-def default_strategy(settings: Settings, graph: FanoutGraph | None) -> tuple[str, str]:
+def default_strategy(settings: Settings, graph: FanoutGraph | None) -> Default:
     """(strategy, why) for requests that name none: diffusion only where its graph's manifest records a
     measured val result no worse than single (written by `r4t space export`), unless R4T_DEFAULT_STRATEGY says."""
     if settings.default_strategy:
-        return settings.default_strategy, "R4T_DEFAULT_STRATEGY"
+        return Default(settings.default_strategy, "R4T_DEFAULT_STRATEGY")
     if graph is None:
-        return "single", "no fan-out graph"
+        return Default("single", "no fan-out graph")
     val = graph.manifest.config.get("provenance", {}).get("val")
     if not val:
-        return "single", "the fan-out graph's manifest records no val check against single"
+        return Default("single", "the fan-out graph's manifest records no val check against single")
     verdict = (f"val R@{val['n']} {val['recall_diffusion']:.4f} vs single {val['recall_single']:.4f} "
                f"on {val['sets']} sets, paired 95% [{val['ci_vs_single'][1]:+.4f}, {val['ci_vs_single'][2]:+.4f}]")
-    return ("diffusion", verdict) if val.get("non_inferior") else ("single", verdict)
+    return Default("diffusion" if val.get("non_inferior") else "single", verdict)
 
 
 def load_runtime(settings: Settings) -> Runtime:
@@ -152,11 +168,11 @@ def load_runtime(settings: Settings) -> Runtime:
         store.close()  # a refused start must not keep the shard (and its WAL lock) open
         raise
     runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings),
-                      default_strategy=default_strategy(settings, graph))
-    name = runtime.default_strategy[0]
-    if (name == "diffusion" and graph is None) or (name == "llm" and runtime.llm is None):
+                      default=default_strategy(settings, graph))
+    if runtime.default.name not in runtime.strategies:
         store.close()
-        raise ArtifactError(f"R4T_DEFAULT_STRATEGY={name} but this server has no {name} strategy")
+        raise ArtifactError(f"R4T_DEFAULT_STRATEGY={runtime.default.name} but this server has no "
+                            f"{runtime.default.name} strategy")
     search(runtime, SearchRequest(query="warm-up query", limit=1))  # one real pass before ready
     if graph is not None:
         runtime.resolver.resolve(graph.run([("warm-up query", 0)])[0].fanout, limit_per_vector=1)
