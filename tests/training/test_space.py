@@ -73,7 +73,7 @@ def test_teacher_pairs_never_see_the_own_set(space):
     assert ids == space.set_ids and targets.shape == (len(ids), 4, space.dim)
     np.testing.assert_allclose(np.linalg.norm(targets, axis=-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(q, query_vectors(space, space.titles, exclude=space.set_ids), atol=1e-6)
-    # the teacher of intent 0 depends on its neighbours only: dropping its own set from the members changes nothing
+    # intent 0's targets are those of its neighbours with its own set left out (and that set is not among them)
     near = nearest_sets(space, space.titles[:1], exclude=space.set_ids[:1])[0]
     again = neighbour_targets(space, q[0], near, TeacherConfig(k=4))
     np.testing.assert_allclose(again, targets[0], atol=1e-6)
