@@ -29,6 +29,7 @@ from service.manifest import write_json_atomic, write_text_atomic
 from service.resolver import Resolver, mmr
 from training import metrics
 from training.data import Dataset
+from training.exact import ExactStore
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,9 @@ def retrieve_blocks(resolver: Resolver, blocks: list[np.ndarray], n: int) -> lis
     their union holds N distinct items (`fill`), so every strategy is scored on N items. The union is
     fused rank-major, so every vector's top-1 item (its representative) is among the first m fused items.
     """
+    if isinstance(resolver.store, ExactStore):  # the same lists, fused in numpy (training/exact.py)
+        return [Retrieval(vectors=b, nearest=top1, items=items, representatives=list(dict.fromkeys(reps)))
+                for b, (items, top1, reps) in zip(blocks, resolver.store.union_many(blocks, n))]
     per_vector = max(-(-n // max(len(b), 1)) for b in blocks)
     out = []
     for block, fused in zip(blocks, resolver.resolve_many(blocks, per_vector, "union", n, fill=True)):

@@ -65,7 +65,7 @@ def teacher_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, reso
 @dataclass(frozen=True)
 class QualityConfig:
     splits: tuple[str, ...] = ("val", "test")
-    jitter: tuple[float, ...] = (0.1, 0.2, 0.4)  # scales of the control; pick the one at the graph's Vendi
+    jitter: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)  # scales of the control; pick the one at the graph's Vendi
     vendi_runs: int = 5
     max_queries: int = 0  # 0 = every set (what the report must use); > 0 for a quick look only
     seed: int = 0
@@ -83,6 +83,18 @@ def row_json(row: Row, single: Row | None) -> dict:
     return out
 
 
+def matched_jitter(rows: dict[str, Row], name: str = "diffusion") -> dict | None:
+    """The jitter control whose run-to-run Vendi is closest to `name`'s, and the paired interval of name - it."""
+    jitters = [j for j in rows if j.startswith("jitter@")]
+    if name not in rows or not jitters:
+        return None
+    row = rows[name]
+    j = min(jitters, key=lambda j: abs(rows[j].vendi_runs - row.vendi_runs))
+    return {"strategy": name, "jitter": j, "vendi": [round(row.vendi_runs, 6), round(rows[j].vendi_runs, 6)],
+            "ci": {str(n): [round(x, 6) for x in paired_difference(row.recall_per_query[n], rows[j].recall_per_query[n])]
+                   for n in row.recall}}
+
+
 def measure(strategies: dict[str, Strategy], dataset: Dataset, space: Space, cfg: QualityConfig, out: Path,
             command: str, extra: dict | None = None) -> dict:
     """Score every strategy on every split; write `out` (.json and .md)."""
@@ -98,6 +110,7 @@ def measure(strategies: dict[str, Strategy], dataset: Dataset, space: Space, cfg
         single = rows.get("single")
         report["splits"][split] = {"queries": next(iter(rows.values())).queries, "strategies": {
             name: row_json(r, single if name != "single" else None) for name, r in rows.items()}}
+        report["splits"][split]["matched_jitter"] = matched_jitter(rows)
         log.info("%s %s: %s", dataset.name, split, {n: r.recall for n, r in rows.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_suffix(".json"), report)
@@ -122,4 +135,8 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{r['recall'][n]:.4f}" for n in ns) + " | " + " | ".join(deltas)
                          + " | " + " | ".join(f"{r['hit'][n]:.4f}" for n in ns)
                          + f" | {r['vendi']:.4f} | {r['distinct']:.1f} |")
+        if m := block.get("matched_jitter"):
+            lines += ["", f"`{m['strategy']}` − `{m['jitter']}` (the jitter at the nearest Vendi, {m['vendi'][0]:.4f} vs "
+                      f"{m['vendi'][1]:.4f}): " + "; ".join(f"Δ@{n} {c[0]:+.4f} [{c[1]:+.4f}, {c[2]:+.4f}]"
+                                                            for n, c in m["ci"].items())]
     return "\n".join(lines) + "\n"
