@@ -28,11 +28,12 @@ PARITY_TOLERANCE = 1e-4
 
 
 class SpaceHead(torch.nn.Module):
-    """(input_ids, attention_mask) -> (B, k) unit query vectors: mean of the n nearest train sets' vectors."""
+    """(input_ids, attention_mask) -> (B, k) unit query vectors: mean of the n nearest train sets' vectors,
+    blended with the text embedding by the space's `text_weight` (text kind)."""
 
     def __init__(self, encoder: MeanPooledEncoder, space: Space):
         super().__init__()
-        self.encoder, self.n = encoder, space.neighbours
+        self.encoder, self.n, self.w = encoder, space.neighbours, float(space.text_weight)
         self.register_buffer("titles", torch.from_numpy(space.titles))  # (S, D)
         self.register_buffer("sets", torch.from_numpy(space.sets))  # (S, k)
         self.register_buffer("tiebreak", torch.from_numpy(tiebreak(len(space.set_ids))))  # (S,)
@@ -40,7 +41,9 @@ class SpaceHead(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
         z = self.encoder(input_ids, attention_mask)  # (B, D)
         nearest = torch.topk(z @ self.titles.T + self.tiebreak, self.n, dim=1).indices  # (B, n)
-        q = self.sets[nearest].mean(1)  # (B, k)
+        q = torch.nn.functional.normalize(self.sets[nearest].mean(1), dim=-1)  # (B, k)
+        if self.w:
+            q = self.w * torch.nn.functional.normalize(z, dim=-1) + (1.0 - self.w) * q
         return torch.nn.functional.normalize(q, dim=-1)
 
 
@@ -75,7 +78,7 @@ def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, pa
         info = EncoderInfo(name=space.name, source=text.encoder.source, dim=space.dim,
                            max_seq_len=text.encoder.max_seq_len)
         space_info = {"name": space.name, "kind": space.kind, "distance": space.distance, "dataset": space.dataset,
-                      "neighbours": space.neighbours, **space.meta}
+                      "neighbours": space.neighbours, "text_weight": space.text_weight, **space.meta}
         manifest = Manifest(kind="encoder", encoder=info, opset=OPSET, inputs=["input_ids", "attention_mask"],
                             outputs=["embedding"], files=hash_files(tmp), config={"space": space_info},
                             parity=Parity(reference="pending", n_inputs=0, max_abs_error=float("nan"),

@@ -51,6 +51,8 @@ def build(
     kind: str = typer.Option("", help="comember (SVD of set co-membership) | text; default by dataset"),
     factors: int = typer.Option(64, help="SVD rank of the co-membership factors"),
     neighbours: int = typer.Option(20, help="Nearest train titles averaged into the query"),
+    text_weight: Optional[float] = typer.Option(None, help="Text space: weight of the query's own text in the "
+                                                "query head; default: the best on val sets"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
@@ -67,13 +69,14 @@ def build(
         _export_encoder("", settings.encoder, artifacts, data_dir)
     ds = _dataset(dataset, data_dir)
     if not (p["space"] / "space.json").is_file():
-        cfg = SpaceConfig(kind=kind, factors=factors, neighbours=neighbours)
+        cfg = SpaceConfig(kind=kind, factors=factors, neighbours=neighbours, text_weight=text_weight)
         build_space(ds, OnnxEncoder(p["text"]), cfg, name).save(p["space"])
     space = Space.load(p["space"])
     if not (p["encoder"] / "manifest.json").is_file():
         export_space_encoder(p["encoder"], space, p["text"], _parity_texts(data_dir, 64))
     meta = build_index(ds, OnnxEncoder(p["encoder"]), p["index"], IndexConfig(), space=space)
-    typer.echo(f"space {name} ({space.kind}, {space.dim}-d, {space.distance}): {meta['items']} items in {p['index']}")
+    typer.echo(f"space {name} ({space.kind}, {space.dim}-d, {space.distance}, text weight {space.text_weight:g}): "
+               f"{meta['items']} items in {p['index']}")
 
 
 @space_app.command("pairs")

@@ -87,10 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/info")
     def info(rt: Runtime = Depends(get_runtime)) -> dict:
-        graph = rt.graph
-        return {"manifest": rt.encoder.manifest.model_dump(), "provider": rt.encoder.provider,
-                "graph": graph and {"path": str(graph.directory), "provider": graph.provider,
-                                    "manifest": graph.manifest.model_dump()},
+        graph, private = rt.graph, {"encoder": {"source"}}  # names and sha256s only: no local filesystem path
+        return {"manifest": rt.encoder.manifest.model_dump(exclude=private), "provider": rt.encoder.provider,
+                "graph": graph and {"name": graph.directory.name, "provider": graph.provider,
+                                    "manifest": graph.manifest.model_dump(exclude=private)},
                 "strategies": rt.strategies,
                 "llm": rt.llm and rt.llm.name, "index": rt.index, "items": rt.store.count(),
                 "dataset": rt.settings.dataset,

@@ -80,6 +80,21 @@ def test_info_shows_provider_items_and_manifest(client, polyvore, encoder):
     assert body["dataset"] == "polyvore"
 
 
+def _strings(value):
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_info_names_artifacts_without_local_paths(client):
+    body = client.get("/info").json()
+    assert body["graph"]["name"] and "source" not in body["manifest"]["encoder"]
+    leaks = [s for s in _strings(body) if s.startswith("/") or "artifacts/" in s or Path(s).is_absolute()]
+    assert leaks == []
+
+
 # --- search -------------------------------------------------------------------------------------
 
 

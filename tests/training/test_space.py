@@ -127,3 +127,35 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
         assert ids == [space.item_ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
     finally:
         store.close()
+
+
+def test_text_weight_is_chosen_on_val_and_blends_the_text(polyvore, encoder):
+    """The text space's query head blends the intent's own embedding; the weight is the best of the grid on val."""
+    from training.space import TEXT_WEIGHTS
+
+    space = build_space(polyvore, encoder, SpaceConfig(neighbours=3), "space-pv")
+    scores = space.meta["text_weight_val"]["recall"]
+    assert set(scores) == {str(w) for w in TEXT_WEIGHTS} and space.meta["text_weight_val"]["sets"] == len(polyvore.split("val"))
+    assert scores[str(space.text_weight)] == max(scores.values())
+    emb = encoder.encode(["boho summer festival outfit"])
+    space.text_weight = 1.0
+    np.testing.assert_allclose(query_vectors(space, emb), emb / np.linalg.norm(emb), atol=1e-6)
+    space.text_weight = 0.0
+    plain = query_vectors(space, emb)
+    np.testing.assert_allclose(plain[0], space.sets[nearest_sets(space, emb)[0]].mean(0) /
+                               np.linalg.norm(space.sets[nearest_sets(space, emb)[0]].mean(0)), atol=1e-6)
+    with pytest.raises(ValueError, match="text space"):
+        SpaceConfig(kind="comember", text_weight=0.5)
+
+
+def test_text_weighted_head_exports_with_parity(polyvore, encoder, encoder_dir, tmp_path):
+    """The ONNX head computes the blend as numpy does (text space, weight 0.5)."""
+    from export.space import export_space_encoder
+    from service.encoder import OnnxEncoder
+
+    space = build_space(polyvore, encoder, SpaceConfig(neighbours=3, text_weight=0.5), "space-pv")
+    texts = [s.intent for s in polyvore.split("val")][:16] + ["boho summer festival outfit"]
+    manifest = export_space_encoder(tmp_path / "enc", space, encoder_dir, texts)
+    assert manifest.config["space"]["text_weight"] == 0.5 and manifest.parity.max_abs_error <= 1e-4
+    np.testing.assert_allclose(OnnxEncoder(tmp_path / "enc").encode(texts), query_vectors(space, encoder.encode(texts)),
+                               atol=1e-4)
