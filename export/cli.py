@@ -737,17 +737,18 @@ def bench_store_cmd(
     """Time one batched 10-vector search on the Edge index; HNSW recall against exact search."""
     _start(dataset)
     from service.encoder import OnnxEncoder
+    from service.manifest import SHARD_DIR, IndexMeta
     from service.store import EdgeStore
     from training.bench_store import BenchStoreConfig, bench_store, write_report
     from training.data import default_data_dir, load_dataset
-    from training.index import SHARD_DIR, read_index_meta
 
     settings = _settings(dataset, artifacts, encoder)
     store = EdgeStore.open(settings.index_path / SHARD_DIR)
     cfg = BenchStoreConfig(calls=calls, hnsw_ef=tuple(int(x) for x in hnsw_ef.split(",")))
     result = bench_store(store, load_dataset(dataset, data_dir or default_data_dir()),
                          OnnxEncoder(settings.encoder_path), cfg)
-    path = write_report(result, read_index_meta(settings.index_path) or {}, out,
+    meta = IndexMeta.read(settings.index_path)
+    path = write_report(result, meta.model_dump() if meta else {}, out,
                         "r4t " + shlex.join(sys.argv[1:]))
     typer.echo(path.read_text())
 

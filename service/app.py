@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from service.schemas import (
     BatchResponse,
     FanoutRequest,
     FanoutResponse,
+    Info,
     Readiness,
     SearchRequest,
     SearchResponse,
@@ -28,9 +30,22 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 access = logging.getLogger("r4t.access")
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what an X-Request-ID may hold to be echoed and logged
+
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+def request_id(header: str | None) -> str:
+    """The caller's X-Request-ID when it is short and plain, else a fresh one (never echo arbitrary bytes)."""
+    return header if header and REQUEST_ID.fullmatch(header) else uuid.uuid4().hex
+
+
+def route_label(request: Request) -> str:
+    """The matched route's template, so a scan of random paths adds no metric series."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
 
 
 def server_timing(timings: dict[str, float]) -> str:
@@ -55,8 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
-        """Echo X-Request-ID (or make one), count the request, write one JSON access line."""
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        """Echo a valid X-Request-ID (or make one), count the request by route, write one JSON access line."""
+        rid = request_id(request.headers.get("x-request-id"))
         request.state.request_id = rid
         started = time.perf_counter()
         response = await call_next(request)
@@ -66,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if rt is not None:
             if response.status_code == 429:
                 rt.metrics.rejected.labels(strategy).inc()
-            rt.metrics.requests.labels(request.url.path, strategy, str(response.status_code)).inc()
+            rt.metrics.requests.labels(route_label(request), strategy, str(response.status_code)).inc()
         access.info("%s %s %d", request.method, request.url.path, response.status_code,
                     extra={"request_id": rid, "status": response.status_code, "strategy": strategy,
                            "ms": round(1e3 * (time.perf_counter() - started), 3)})
@@ -85,16 +100,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   checks=checks)
         return body
 
-    @app.get("/info")
-    def info(rt: Runtime = Depends(get_runtime)) -> dict:
+    @app.get("/info", response_model=Info)
+    def info(rt: Runtime = Depends(get_runtime)):
         graph, private = rt.graph, {"encoder": {"source"}}  # names and sha256s only: no local filesystem path
-        return {"manifest": rt.encoder.manifest.model_dump(exclude=private), "provider": rt.encoder.provider,
-                "graph": graph and {"name": graph.directory.name, "provider": graph.provider,
-                                    "manifest": graph.manifest.model_dump(exclude=private)},
-                "strategies": rt.strategies,
-                "llm": rt.llm and rt.llm.name, "index": rt.index, "items": rt.store.count(),
-                "dataset": rt.settings.dataset,
-                "default_strategy": rt.default._asdict()}
+        return Info(manifest=rt.encoder.manifest.model_dump(exclude=private), provider=rt.encoder.provider,
+                    graph=graph and {"name": graph.directory.name, "provider": graph.provider,
+                                     "manifest": graph.manifest.model_dump(exclude=private)},
+                    strategies=rt.strategies, llm=rt.llm and rt.llm.name,
+                    index=rt.index and rt.index.model_dump(), items=rt.store.count(), dataset=rt.settings.dataset,
+                    default_strategy=rt.default._asdict())
 
     @app.get("/metrics")
     def metrics(rt: Runtime = Depends(get_runtime)) -> Response:

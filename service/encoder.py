@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def make_session(model: Path, device: str = "cpu", threads: int = 0, spin: bool = True) -> ort.InferenceSession:
-    """Open an ONNX Runtime session, CUDA first when asked; the provider actually used is logged."""
+def make_session(model: Path, device: str = "cpu", threads: int = 0, spin: bool = True,
+                 manifest: Manifest | None = None) -> ort.InferenceSession:
+    """Open an ONNX Runtime session, CUDA first when asked; the provider actually used is logged.
+
+    With a `manifest`, the graph's input and output names must be the ones it declares.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = one per physical core
@@ -35,6 +39,11 @@ def make_session(model: Path, device: str = "cpu", threads: int = 0, spin: bool 
     session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
     # onnxruntime-gpu lists CUDA as available even where it cannot start; only this is the truth.
     log.info("onnx session %s on %s", model.name, session.get_providers()[0])
+    if manifest is not None:
+        found = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if found != (manifest.inputs, manifest.outputs):
+            raise ArtifactError(f"{model} takes {found[0]} and gives {found[1]}, but its manifest declares "
+                                f"{manifest.inputs} and {manifest.outputs}")
     return session
 
 
@@ -59,7 +68,7 @@ class OnnxEncoder:
         # A second, untruncated copy for counting: toggling truncation on the shared one would race
         # with batches that the service encodes on its executor threads.
         self._counter = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
-        self.session = make_session(self.directory / MODEL_FILE, device, threads, spin)
+        self.session = make_session(self.directory / MODEL_FILE, device, threads, spin, self.manifest)
 
     @property
     def provider(self) -> str:

@@ -32,7 +32,7 @@ class FanoutGraph:
         self.info: FanoutInfo = self.manifest.fanout
         self.dim, self.rows = self.manifest.encoder.dim, self.info.rows
         self.tokenizer = load_tokenizer(self.directory, self.manifest.encoder.max_seq_len)
-        self.session = make_session(self.directory / MODEL_FILE, device, threads, spin)
+        self.session = make_session(self.directory / MODEL_FILE, device, threads, spin, self.manifest)
 
     @property
     def provider(self) -> str:

@@ -14,13 +14,15 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+INDEX_FILE = "index.json"  # in an index directory, beside the Edge shard
+SHARD_DIR = "shard"
 
 
 class ArtifactError(RuntimeError):
@@ -147,3 +149,48 @@ def load_manifest(directory: Path, verify_files: bool = True) -> Manifest:
             if sha256_file(file) != expected:
                 raise ArtifactError(f"artifact {directory}: {name} does not match its sha256 in the manifest")
     return manifest
+
+
+def default_collection(dataset: str) -> str:
+    """The Qdrant server collection of a dataset when none is named."""
+    return f"r4t-{dataset}"
+
+
+class IndexMeta(BaseModel):
+    """`index.json` of an index directory: what the vectors are, written by `r4t index`, read by the service.
+
+    The identity fields decide whether an index is up to date; build facts (timings, sizes, config) ride along.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    dataset: str
+    items: int = Field(ge=0)
+    catalog_sha256: str = Field(description="sha256 over item ids and texts")
+    encoder: str = Field(description="Name of the encoder whose space the vectors are in")
+    encoder_sha256: str
+    dim: int = Field(gt=0)
+    quantization: str | None = None
+    space: str | None = Field(None, description="The embedding space the item vectors come from, if not the encoder")
+    space_kind: str | None = None
+    distance: Literal["cosine", "dot"] = "cosine"
+    qdrant_url: str | None = Field(None, description="Set when the vectors live on a Qdrant server")
+    collection: str | None = None
+
+    IDENTITY: ClassVar[tuple[str, ...]] = ("dataset", "items", "catalog_sha256", "encoder", "encoder_sha256", "dim", "quantization", "space",
+                "space_kind", "distance")
+
+    def identity(self) -> dict:
+        return {k: getattr(self, k) for k in self.IDENTITY}
+
+    @classmethod
+    def read(cls, index_dir: Path) -> IndexMeta | None:
+        """The directory's meta, None when there is none; ArtifactError with one line when it is corrupt."""
+        path = Path(index_dir) / INDEX_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ArtifactError(f"corrupt {path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None

@@ -5,7 +5,6 @@ Any missing or mismatched piece raises ArtifactError with one line, and the serv
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from service.encoder import OnnxEncoder
 from service.errors import EmptyQuery, InvalidInput
 from service.graph import FanoutGraph
 from service.llm import FanoutWriter, make_writer
-from service.manifest import ArtifactError
+from service.manifest import SHARD_DIR, ArtifactError, IndexMeta
 from service.metrics import Metrics
 from service.resolver import Resolver
 from service.schemas import ResultItem, SearchRequest, SearchResponse
@@ -27,7 +26,6 @@ from service.store import EdgeStore, ServerStore, Store
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.json"
 
 
 class Default(NamedTuple):
@@ -43,7 +41,7 @@ class Runtime:
     encoder: OnnxEncoder
     store: Store
     resolver: Resolver
-    index: dict = field(default_factory=dict)
+    index: IndexMeta | None = None  # index.json; None for a server collection built elsewhere
     graph: FanoutGraph | None = None
     llm: FanoutWriter | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -91,17 +89,16 @@ class Runtime:
         self.store.close()
 
 
-def open_index(settings: Settings) -> tuple[Store, dict]:
+def open_index(settings: Settings) -> tuple[Store, IndexMeta | None]:
     """The Edge shard under the index dir, or the server collection when R4T_QDRANT_URL is set."""
-    meta_path = Path(settings.index_path) / INDEX_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = IndexMeta.read(settings.index_path)
     if settings.qdrant_url:
         store = ServerStore(settings.qdrant_url, settings.collection_name, api_key=settings.qdrant_api_key)
         return store, meta
-    if not meta:
+    if meta is None:
         raise ArtifactError(f"no index at {settings.index_path}: run `r4t index --dataset {settings.dataset}`")
     try:
-        return EdgeStore.open(Path(settings.index_path) / "shard"), meta
+        return EdgeStore.open(Path(settings.index_path) / SHARD_DIR), meta
     except FileNotFoundError as exc:
         raise ArtifactError(str(exc)) from None
     except Exception as exc:  # Edge raises bare Exception, e.g. WouldBlock on a WAL another process holds
@@ -110,14 +107,14 @@ def open_index(settings: Settings) -> tuple[Store, dict]:
         ) from exc
 
 
-def check_fit(settings: Settings, encoder: OnnxEncoder, store: Store, meta: dict) -> None:
+def check_fit(settings: Settings, encoder: OnnxEncoder, store: Store, meta: IndexMeta | None) -> None:
     """The index must hold vectors of this encoder: same width and, when recorded, same sha256."""
     if store.dim != encoder.dim:
         raise ArtifactError(f"index has {store.dim}-d vectors but the encoder emits {encoder.dim}-d")
-    if meta and meta.get("encoder_sha256") != encoder.manifest.encoder_sha256:
+    if meta is not None and meta.encoder_sha256 != encoder.manifest.encoder_sha256:
         raise ArtifactError(
-            f"index {settings.index_path} was built with encoder {meta.get('encoder')!r} "
-            f"({str(meta.get('encoder_sha256'))[:12]}), not the one at {settings.encoder_path}: re-run `r4t index`"
+            f"index {settings.index_path} was built with encoder {meta.encoder!r} "
+            f"({meta.encoder_sha256[:12]}), not the one at {settings.encoder_path}: re-run `r4t index`"
         )
 
 

@@ -38,6 +38,31 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
 
 
+class DefaultStrategy(BaseModel):
+    name: str
+    why: str = Field(description="Why this strategy is the default, e.g. the graph's measured val check")
+
+
+class GraphInfo(BaseModel):
+    name: str = Field(description="The graph artifact's directory name")
+    provider: str = Field(description="The ONNX Runtime provider the graph actually runs on")
+    manifest: dict = Field(description="Its manifest, without local paths (provenance: space, teacher, val recall)")
+
+
+class Info(BaseModel):
+    """What this server serves: artifact names, sha256s and measured facts, never a local filesystem path."""
+
+    dataset: str
+    items: int = Field(description="Points in the index")
+    provider: str = Field(description="The ONNX Runtime provider the encoder actually runs on")
+    manifest: dict = Field(description="The encoder artifact's manifest, without local paths")
+    graph: GraphInfo | None = None
+    strategies: list[str] = Field(description="The strategies this server can run")
+    default_strategy: DefaultStrategy
+    llm: str | None = Field(None, description="The LLM fan-out writer's name, when one is configured")
+    index: dict | None = Field(None, description="index.json: the catalog and encoder the vectors belong to")
+
+
 Strategy = Literal["diffusion", "llm", "single"]
 Fusion = Literal["union", "rrf"]
 

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.manifest import default_collection
+
 
 BASE_ENCODER = "all-MiniLM-L6-v2"
 
@@ -77,4 +79,4 @@ class Settings(BaseSettings):
 
     @property
     def collection_name(self) -> str:
-        return self.collection or f"r4t-{self.dataset}"
+        return self.collection or default_collection(self.dataset)

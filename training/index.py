@@ -8,7 +8,6 @@ different one rebuilds into a temp directory that replaces the old one only when
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import resource
 import shutil
@@ -20,14 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.encoder import OnnxEncoder
-from service.manifest import replace_dir, write_json_atomic
+from service.manifest import INDEX_FILE, SHARD_DIR, IndexMeta, default_collection, replace_dir, write_json_atomic
 from service.store import EdgeStore, HnswSettings, ServerStore, Store
 from training.data import Dataset
 
 log = logging.getLogger(__name__)
-
-INDEX_FILE = "index.json"
-SHARD_DIR = "shard"
 
 
 @dataclass
@@ -53,24 +49,13 @@ def catalog_fingerprint(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
-def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> dict:
-    meta = {
-        "dataset": dataset.name,
-        "items": len(dataset.items),
-        "catalog_sha256": catalog_fingerprint(dataset),
-        "encoder": encoder.manifest.encoder.name,
-        "encoder_sha256": encoder.manifest.encoder_sha256,
-        "dim": encoder.dim,
-        "quantization": "int8" if HnswSettings.int8 else None,  # an index built before int8 is rebuilt
-    }
+def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> IndexMeta:
+    meta = IndexMeta(dataset=dataset.name, items=len(dataset.items), catalog_sha256=catalog_fingerprint(dataset),
+                     encoder=encoder.manifest.encoder.name, encoder_sha256=encoder.manifest.encoder_sha256,
+                     dim=encoder.dim, quantization="int8" if HnswSettings.int8 else None)  # pre-int8 indexes rebuild
     if space is not None:  # item vectors come from the space, not from embedding the item texts
-        meta |= {"space": space.name, "space_kind": space.kind, "distance": space.distance}
+        meta = meta.model_copy(update={"space": space.name, "space_kind": space.kind, "distance": space.distance})
     return meta
-
-
-def read_index_meta(index_dir: Path) -> dict | None:
-    path = Path(index_dir) / INDEX_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: IndexConfig, space=None) -> None:
@@ -96,15 +81,15 @@ def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
     `encoder` is the space's query encoder.
     """
     index_dir = Path(index_dir)
-    meta = index_meta(dataset, encoder, space)
-    distance = space.distance if space is not None else "cosine"
-    current = read_index_meta(index_dir)
-    if current and {k: current.get(k) for k in meta} == meta and not cfg.qdrant_url:
-        log.info("index %s is up to date (%d items): nothing to do", index_dir, meta["items"])
-        return current
+    fresh = index_meta(dataset, encoder, space)
+    current = IndexMeta.read(index_dir)
+    if current and current.identity() == fresh.identity() and not cfg.qdrant_url:
+        log.info("index %s is up to date (%d items): nothing to do", index_dir, fresh.items)
+        return current.model_dump()
+    distance, meta = fresh.distance, fresh.model_dump()
     started = time.perf_counter()
     if cfg.qdrant_url:
-        collection = cfg.collection or f"r4t-{dataset.name}"
+        collection = cfg.collection or default_collection(dataset.name)
         store = ServerStore(cfg.qdrant_url, collection, dim=encoder.dim, create=True, distance=distance)
         embed_and_upsert(dataset, encoder, store, cfg, space)
         meta |= {"qdrant_url": cfg.qdrant_url, "collection": collection}

@@ -233,6 +233,32 @@ def test_index_of_another_encoder_refuses_to_start(settings, index_copy):
     EdgeStore.open(index_copy / "shard").close()  # the refused start let go of the shard's lock
 
 
+def test_corrupt_index_meta_refuses_to_start_with_one_line(settings, index_copy):
+    meta_path = index_copy / "index.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["encoder_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="corrupt .*index.json: encoder_sha256") as err:
+        with TestClient(create_app(settings.model_copy(update={"index_dir": index_copy}))):
+            pass
+    assert "\n" not in str(err.value)
+
+
+def test_graph_whose_io_names_differ_from_its_manifest_is_refused(encoder_dir, tmp_path):
+    import shutil
+
+    from service.encoder import OnnxEncoder
+    from service.manifest import MANIFEST_FILE, load_manifest, write_json_atomic
+
+    shutil.copytree(encoder_dir, tmp_path / "enc")
+    manifest = load_manifest(tmp_path / "enc")
+    manifest.outputs = ["sentence_embedding"]  # the manifest is not among its own hashed files
+    write_json_atomic(tmp_path / "enc" / MANIFEST_FILE, manifest.model_dump())
+    with pytest.raises(ArtifactError, match="gives \\['embedding'\\].*declares") as err:
+        OnnxEncoder(tmp_path / "enc")
+    assert "\n" not in str(err.value)
+
+
 def test_index_in_use_by_another_server_refuses_to_start(client, settings):
     # `client` holds the shard open; Edge locks its WAL, so a second server cannot load it.
     with pytest.raises(ArtifactError, match="another server") as err:

@@ -170,6 +170,17 @@ def test_request_id_is_echoed_or_made(client):
     assert post(client, strategy="single").headers["x-request-id"]
     response = client.post("/fanout", json={"query": "boots", "strategy": "single"}, headers={"X-Request-ID": "abc"})
     assert response.headers["x-request-id"] == "abc"
+    for bad in ("x" * 200, "a b", "<script>"):  # too long, or outside [A-Za-z0-9._:-]: replaced, not echoed
+        rid = client.get("/healthz", headers={"X-Request-ID": bad}).headers["x-request-id"]
+        assert rid != bad and len(rid) == 32
+
+
+def test_metrics_label_routes_by_template_not_raw_path(client):
+    for i in range(3):
+        assert client.get(f"/no-such-path-{i}").status_code == 404
+    text = client.get("/metrics").text
+    assert "no-such-path" not in text
+    assert metric(client, "r4t_requests_total", route="unmatched", strategy="-", status="404") >= 3
 
 
 def test_metrics_count_requests_by_strategy_and_status(client):
@@ -185,6 +196,7 @@ def test_metrics_count_requests_by_strategy_and_status(client):
 def test_info_lists_strategies_and_the_graph(client):
     body = client.get("/info").json()
     assert body["strategies"] == ["single", "diffusion"] and body["llm"] is None
+    assert set(client.get("/openapi.json").json()["components"]["schemas"]["Info"]["properties"]) >= set(body)
     assert body["graph"]["provider"] == "CPUExecutionProvider"
     assert body["graph"]["manifest"]["fanout"]["rows"] == 10
 
