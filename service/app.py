@@ -24,7 +24,10 @@ from service.schemas import (
     Readiness,
     SearchRequest,
     SearchResponse,
+    problem_responses,
 )
+
+POST_PROBLEMS = problem_responses(400, 413, 422, 429, 503)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,10 +57,11 @@ def server_timing(timings: dict[str, float]) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
+    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        runtime = load_runtime(settings or Settings())
+        runtime = load_runtime(settings)
         runtime.start_batchers()
         app.state.runtime = runtime
         gc.collect()
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="R4T fan-out retrieval", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
     async def request_id_and_metrics(request: Request, call_next):
@@ -91,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness)
+    @app.get("/readyz", response_model=Readiness, responses=problem_responses(503))
     def readyz(rt: Runtime = Depends(get_runtime)):
         checks = {"artifact": rt.encoder is not None, "warm_up": rt.warmed_up, "store": rt.store.ping()}
         body = Readiness(ready=all(checks.values()), checks=checks)
@@ -114,12 +119,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def metrics(rt: Runtime = Depends(get_runtime)) -> Response:
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/search", response_model=SearchResponse)
+    @app.post("/search", response_model=SearchResponse, responses=POST_PROBLEMS)
     def search_route(req: SearchRequest, rt: Runtime = Depends(get_runtime)):
         """Single-query search (the no-fan-out baseline), without micro-batching."""
         return search(rt, req)
 
-    @app.post("/fanout", response_model=FanoutResponse, response_model_exclude_none=True)
+    @app.post("/fanout", response_model=FanoutResponse, response_model_exclude_none=True, responses=POST_PROBLEMS)
     async def fanout_route(req: FanoutRequest, request: Request, response: Response,
                            rt: Runtime = Depends(get_runtime)):
         """One broad query -> K fan-out vectors -> one batched store call -> fused items."""
@@ -128,7 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["Server-Timing"] = server_timing(result.timings)
         return result
 
-    @app.post("/fanout/batch", response_model=BatchResponse, response_model_exclude_none=True)
+    @app.post("/fanout/batch", response_model=BatchResponse, response_model_exclude_none=True,
+              responses=POST_PROBLEMS)
     async def fanout_batch(req: BatchRequest, request: Request, response: Response,
                            rt: Runtime = Depends(get_runtime)):
         """Many queries through one ONNX run and one store call; query i uses seed + i."""

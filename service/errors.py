@@ -73,8 +73,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def store_down(request: Request, exc: StoreUnavailable):
-        log.warning("store unavailable: %s", exc)
-        return problem(503, "Index unavailable", str(exc) or "the vector store does not answer")
+        log.warning("store unavailable: %s", exc)  # the store's own message may name hosts or paths: log only
+        return problem(503, "Index unavailable", "the vector store does not answer; retry later")
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
@@ -93,3 +93,46 @@ def install(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception):
         # Starlette sends this from its outermost middleware, then re-raises so the server logs the trace.
         return problem(500, "Internal server error", "an unexpected error; the server log has the trace")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 problem+json before any route reads it.
+
+    A declared Content-Length is checked up front; a body without one (chunked) is read into memory up to
+    the limit and then handed on, so no route ever sees a partial body.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                return await self.too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self.too_large(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, scope, receive, send):
+        detail = f"the body exceeds {self.max_bytes} bytes (R4T_MAX_BODY_BYTES)"
+        await problem(413, "Request body too large", detail)(scope, receive, send)

@@ -33,6 +33,30 @@ class SearchResponse(BaseModel):
     timings: dict[str, float] = Field(description="Milliseconds per stage: encode, resolve, total")
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending field inside the body, or 'body'")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every 4xx and 5xx body of this service (media type application/problem+json)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+def problem_responses(*statuses: int) -> dict:
+    """OpenAPI `responses` entries for the problem statuses a route can return."""
+    why = {400: "Empty query or unreadable body", 404: "No such route", 413: "Request body over R4T_MAX_BODY_BYTES",
+           422: "A field fails validation (the errors name it)", 429: "Queue full: retry after Retry-After seconds",
+           503: "The index or the LLM writer is unavailable"}
+    body = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {s: {"model": Problem, "description": why[s], "content": body} for s in statuses}
+
+
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.manifest import default_collection
@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, gt=0, description="Queries per ONNX run when concurrent requests are micro-batched")
     max_wait_ms: float = Field(2.0, ge=0, description="How long a run waits for more requests to join it")
     max_queue: int = Field(512, gt=0, description="Queued queries beyond which requests get 429")
-    max_batch_queries: int = Field(1024, gt=0, description="Queries one /fanout/batch request may carry")
+    max_batch_queries: int = Field(256, gt=0, description="Queries one /fanout/batch request may carry "
+                                                          "(at most max_queue)")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get 413")
     onnx_workers: int = Field(1, gt=0, description="Threads that run ONNX sessions (the bounded executor)")
     llm_url: str | None = Field(None, description="OpenAI-compatible endpoint for the llm strategy, e.g. "
                                                   "http://localhost:8001/v1 (vLLM)")
@@ -58,6 +60,13 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(30.0, gt=0, description="Deadline of one LLM fan-out call")
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @model_validator(mode="after")
+    def batch_fits_queue(self) -> Settings:
+        if self.max_batch_queries > self.max_queue:
+            raise ValueError(f"max_batch_queries ({self.max_batch_queries}) must not exceed max_queue "
+                             f"({self.max_queue}): such a batch could never be admitted")
+        return self
 
     @property
     def encoder_path(self) -> Path:

@@ -332,3 +332,27 @@ def test_importing_the_app_leaves_torch_out():
     code = f"import sys, service.app; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_body_over_the_limit_gets_413_declared_or_streamed(settings, index_copy):
+    small = settings.model_copy(update={"max_body_bytes": 256, "index_dir": index_copy})
+    with TestClient(create_app(small)) as client:
+        big = {"query": "boots " * 100, "strategy": "single"}
+        body = assert_problem(client.post("/search", json=big), 413)
+        assert "256 bytes" in body["detail"]
+
+        def chunks():  # no Content-Length: the limit is enforced while the body streams in
+            yield b'{"query": "'
+            for _ in range(10):
+                yield b"boots " * 10
+            yield b'"}'
+
+        assert_problem(client.post("/search", content=chunks(), headers={"content-type": "application/json"}), 413)
+        assert client.post("/search", json={"query": "boots"}).status_code == 200  # under the limit: served
+
+
+def test_a_batch_limit_above_the_queue_is_refused(settings):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_batch_queries"):
+        settings.model_validate(settings.model_dump() | {"max_batch_queries": 1024, "max_queue": 512})

@@ -205,6 +205,11 @@ def test_openapi_documents_fanout_with_examples(client):
     spec = client.get("/openapi.json").json()
     assert {"/fanout", "/fanout/batch", "/metrics"} <= set(spec["paths"])
     assert spec["components"]["schemas"]["FanoutRequest"]["examples"]
+    for path in ("/search", "/fanout", "/fanout/batch"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"400", "413", "422", "429", "503"} <= set(responses)
+        problem = responses["413"]["content"]["application/problem+json"]["schema"]
+        assert problem["$ref"].endswith("/Problem")
 
 
 # --- errors ------------------------------------------------------------------------------------------
