@@ -9,7 +9,11 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
+from importlib import resources
+
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import errors
@@ -27,8 +31,9 @@ from service.schemas import (
     problem_responses,
 )
 
-POST_PROBLEMS = problem_responses(400, 413, 422, 429, 503)
 from service.settings import Settings
+
+POST_PROBLEMS = problem_responses(400, 413, 422, 429, 503)
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("r4t.access")
@@ -91,6 +96,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     extra={"request_id": rid, "status": response.status_code, "strategy": strategy,
                            "ms": round(1e3 * (time.perf_counter() - started), 3)})
         return response
+
+    app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
+    page = resources.files("service").joinpath("static/playground.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/playground")
+
+    @app.get("/playground", include_in_schema=False)
+    def playground() -> HTMLResponse:
+        """The playground page: two strategies side by side on one intent, through the public API."""
+        return HTMLResponse(page)
 
     @app.get("/healthz")
     def healthz() -> dict:

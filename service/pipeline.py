@@ -16,9 +16,12 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidInput
-from service.resolver import mmr
+from service.resolver import FusedItem, mmr
 from service.runtime import Runtime, check_query
-from service.schemas import FanoutItem, FanoutOptions, FanoutResponse
+from service.schemas import FanoutItem, FanoutOptions, FanoutResponse, Projection, SetView
+from service.setstats import mean_pairwise_distance, project_2d, vendi
+
+GROUP_KEYS = ("artist", "category")  # the first payload field the items carry is counted as their groups
 
 
 def check_options(rt: Runtime, opts: FanoutOptions) -> None:
@@ -63,6 +66,21 @@ async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: 
     return np.stack(vecs[: len(queries)]), blocks, subqueries
 
 
+def set_view(query: np.ndarray, fanouts: np.ndarray, items: list[FusedItem]) -> SetView:
+    """The returned set's statistics and one 2-D PCA map of its items, the fan-out vectors and the query."""
+    vectors = np.stack([it.vector for it in items]) if items else np.zeros((0, len(query)))
+    xy = project_2d(np.concatenate([query[None], fanouts, vectors])).round(4).tolist()
+    key = next((k for k in GROUP_KEYS if any(k in it.payload for it in items)), None)
+    return SetView(
+        distinct_items=len({it.id for it in items}),
+        group_key=key,
+        distinct_groups=len({str(it.payload.get(key)) for it in items}) if key else None,
+        vendi=round(vendi(vectors), 4) if items else 0.0,
+        mean_pairwise_distance=round(mean_pairwise_distance(vectors), 4),
+        projection=Projection(query=xy[0], fanouts=xy[1: 1 + len(fanouts)], items=xy[1 + len(fanouts):]),
+    )
+
+
 async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: str = "query") -> list[FanoutResponse]:
     """The whole online path for one or many queries; query i of a batch uses seed + i."""
     started = time.perf_counter()
@@ -78,7 +96,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     depth = opts.mmr.candidates if opts.mmr else opts.limit
     fused = await run_in_threadpool(
         rt.resolver.resolve_many, blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
-        opts.mmr is not None, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef,
+        opts.mmr is not None or opts.explain, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef,
     )
     if opts.mmr:
         fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]
@@ -93,6 +111,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
                               found_by=[(p.vector, p.rank) for p in it.found_by]) for it in fused[i]],
             subqueries=subqueries[i] if subqueries else None,
             fanouts=blocks[i].tolist() if opts.return_vectors else None,
+            view=set_view(z[i], blocks[i], fused[i]) if opts.explain else None,
             timings=ms,
         )
         for i, q in enumerate(queries)

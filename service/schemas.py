@@ -119,6 +119,8 @@ class FanoutOptions(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Noise / sampling seed; the response "
                                                                   "echoes the one used")
     return_vectors: bool = Field(False, description="Include the fan-out vectors in the response")
+    explain: bool = Field(False, description="Add `view`: the returned set's statistics and a 2-D map of its "
+                                             "items, fan-out vectors and query (what the playground draws)")
 
 
 class FanoutRequest(FanoutOptions):
@@ -147,6 +149,25 @@ class FanoutItem(ResultItem):
                                                         "found the item")
 
 
+class Projection(BaseModel):
+    """PCA of the returned items, the fan-out vectors and the query (cosine directions), fitted on all of them."""
+
+    query: tuple[float, float]
+    fanouts: list[tuple[float, float]]
+    items: list[tuple[float, float]] = Field(description="In the order of `items`")
+
+
+class SetView(BaseModel):
+    distinct_items: int
+    group_key: str | None = Field(description="The payload field counted as groups: artist (MPD), category "
+                                              "(Polyvore), or none")
+    distinct_groups: int | None
+    vendi: float = Field(description="Vendi score (cosine kernel) of the returned items' vectors: 1 = one item "
+                                     "repeated, n = n orthogonal items")
+    mean_pairwise_distance: float = Field(description="1 − mean cosine over pairs of returned items")
+    projection: Projection
+
+
 class FanoutResponse(BaseModel):
     query: str
     strategy: Strategy
@@ -154,6 +175,7 @@ class FanoutResponse(BaseModel):
     items: list[FanoutItem]
     subqueries: list[str] | None = Field(None, description="The llm strategy's sub-queries")
     fanouts: list[list[float]] | None = Field(None, description="The fan-out vectors, when return_vectors")
+    view: SetView | None = Field(None, description="When explain: set statistics and a 2-D projection")
     timings: dict[str, float] = Field(description="Milliseconds: queue (waiting for an ONNX run), encode, "
                                                   "sample (diffusion: the one graph run that embeds and "
                                                   "samples; llm: generation), resolve, total")

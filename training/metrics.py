@@ -10,6 +10,8 @@ from typing import Iterable
 
 import numpy as np
 
+from service.setstats import vendi  # noqa: F401  (one Vendi for rewards, tables and the service)
+
 
 def recall(reference: Iterable[str], retrieved: Iterable[str]) -> float:
     """|reference ∩ retrieved| / |reference| (paper Eq. 5). Example: recall({a,b}, [a,c]) = 0.5."""
@@ -20,18 +22,6 @@ def recall(reference: Iterable[str], retrieved: Iterable[str]) -> float:
 def hit(reference: Iterable[str], retrieved: Iterable[str]) -> float:
     """1.0 when at least one reference item was retrieved."""
     return float(bool(set(reference) & set(retrieved)))
-
-
-def vendi(x: np.ndarray) -> float:
-    """Vendi score with a cosine kernel (Friedman & Dieng 2022): exp(entropy of eig(K/n)).
-
-    (n, D) -> value in [1, n]: 1 for n identical rows, n for n orthogonal rows.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    eig = np.linalg.eigvalsh(x @ x.T / len(x))  # (n,)
-    eig = eig[eig > 1e-12]
-    return float(np.exp(-(eig * np.log(eig)).sum()))
 
 
 def vendi_normalised(x: np.ndarray) -> float:

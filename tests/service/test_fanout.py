@@ -80,6 +80,22 @@ def test_single_is_the_query_embedding_search(client):
     assert set(body["timings"]) == {"queue", "encode", "resolve", "total"}
 
 
+def test_explain_describes_the_returned_set_without_changing_it(client):
+    plain = post(client, k=6, limit=15, seed=2).json()
+    body = post(client, k=6, limit=15, seed=2, explain=True).json()
+    assert "view" not in plain and ids(body) == ids(plain)
+    view, n = body["view"], len(body["items"])
+    assert view["distinct_items"] == n == 15
+    assert view["group_key"] == "category"
+    assert view["distinct_groups"] == len({it["payload"]["category"] for it in body["items"]}) > 1
+    assert 1.0 < view["vendi"] <= n and 0.0 < view["mean_pairwise_distance"] < 2.0
+    points = view["projection"]
+    assert len(points["fanouts"]) == 6 and len(points["items"]) == n
+    assert len({tuple(p) for p in points["items"]}) == n  # distinct items land on distinct points
+    single = post(client, strategy="single", limit=5, explain=True).json()["view"]["projection"]
+    assert len(single["fanouts"]) == 1 and len(single["items"]) == 5
+
+
 def test_rrf_orders_by_fused_score_and_union_by_round_robin(client):
     union = post(client, seed=2, limit=20, limit_per_fanout=8).json()
     rrf = post(client, seed=2, limit=20, limit_per_fanout=8, fusion="rrf").json()
