@@ -17,8 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import errors
-from service.pipeline import fanout
-from service.runtime import Runtime, load_runtime, search
+from service.pipeline import fanout, search
+from service.runtime import Runtime, load_runtime
 from service.schemas import (
     BatchRequest,
     BatchResponse,
@@ -33,7 +33,7 @@ from service.schemas import (
 
 from service.settings import Settings
 
-POST_PROBLEMS = problem_responses(400, 413, 422, 429, 503)
+POST_PROBLEMS = problem_responses(400, 413, 422, 429, 503, 504)
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("r4t.access")
@@ -137,16 +137,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/search", response_model=SearchResponse, responses=POST_PROBLEMS)
-    def search_route(req: SearchRequest, rt: Runtime = Depends(get_runtime)):
-        """Single-query search (the no-fan-out baseline), without micro-batching."""
-        return search(rt, req)
+    async def search_route(req: SearchRequest, rt: Runtime = Depends(get_runtime)):
+        """Single-query search (the no-fan-out baseline), through the encoder's micro-batcher."""
+        return await errors.within_deadline(search(rt, req), rt.deadline_s)
 
     @app.post("/fanout", response_model=FanoutResponse, response_model_exclude_none=True, responses=POST_PROBLEMS)
     async def fanout_route(req: FanoutRequest, request: Request, response: Response,
                            rt: Runtime = Depends(get_runtime)):
         """One broad query -> K fan-out vectors -> one batched store call -> fused items."""
         request.state.strategy = rt.strategy(req.strategy)
-        (result,) = await fanout(rt, [req.query], req)
+        (result,) = await errors.within_deadline(fanout(rt, [req.query], req), rt.deadline_s)
         response.headers["Server-Timing"] = server_timing(result.timings)
         return result
 
@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.strategy = rt.strategy(req.strategy)
         if len(req.queries) > rt.settings.max_batch_queries:
             raise errors.InvalidInput("queries", f"at most {rt.settings.max_batch_queries} queries per batch")
-        results = await fanout(rt, req.queries, req, field="queries")
+        results = await errors.within_deadline(fanout(rt, req.queries, req, field="queries"), rt.deadline_s)
         timings = results[0].timings
         response.headers["Server-Timing"] = server_timing(timings)
         return BatchResponse(results=results, timings=timings)

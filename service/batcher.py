@@ -106,12 +106,15 @@ class MicroBatcher:
 
     def _take(self) -> list[_Job]:
         """Whole jobs up to max_batch queries (a bigger job runs alone: its own request batched it)."""
-        jobs, size = [], 0
+        jobs, size, dropped = [], 0, 0
         while self._jobs and (not jobs or size + len(self._jobs[0].inputs) <= self.max_batch):
             job = self._jobs.popleft()
+            if job.future.done():  # cancelled while queued (deadline passed, client gone): never run it
+                dropped += len(job.inputs)
+                continue
             jobs.append(job)
             size += len(job.inputs)
-        self._set_depth(self._queued - size)
+        self._set_depth(self._queued - size - dropped)
         return jobs
 
     async def _loop(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 
 from fastapi import FastAPI, Request
@@ -33,6 +35,19 @@ class InvalidInput(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request ran past R4T_REQUEST_TIMEOUT_MS."""
+
+
+async def within_deadline(awaitable, seconds: float):
+    """`awaitable`'s result, or DeadlineExceeded (504) once `seconds` have passed; the work is cancelled
+    (a query still waiting in a micro-batcher queue is dropped before its run)."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise DeadlineExceeded(f"the request took longer than {1e3 * seconds:g} ms (R4T_REQUEST_TIMEOUT_MS)") from None
 
 
 def problem(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -79,6 +94,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
         return problem(429, "Too many requests", str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(DeadlineExceeded)
+    async def deadline(request: Request, exc: DeadlineExceeded):
+        return problem(504, "Deadline exceeded", str(exc))
 
     @app.exception_handler(LLMUnavailable)
     async def llm_down(request: Request, exc: LLMUnavailable):

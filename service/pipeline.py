@@ -1,5 +1,6 @@
 """/fanout: queries -> K vectors per query (diffusion, llm or single) -> one batched store call -> items.
 
+`/search` (no fan-out, scores only) goes through the same encoder micro-batcher and queue limit.
 `diffusion` runs the exported graph once for all queries of a micro-batch; `single` embeds the query
 (the no-fan-out baseline); `llm` asks the fan-out LM for sub-queries and embeds them. Every strategy
 resolves all of its vectors in ONE `Resolver.resolve_many` call (plus one per `fill` doubling for queries
@@ -18,7 +19,16 @@ from starlette.concurrency import run_in_threadpool
 from service.errors import InvalidInput
 from service.resolver import FusedItem, mmr
 from service.runtime import Runtime, check_query
-from service.schemas import FanoutItem, FanoutOptions, FanoutResponse, Projection, SetView
+from service.schemas import (
+    FanoutItem,
+    FanoutOptions,
+    FanoutResponse,
+    Projection,
+    ResultItem,
+    SearchRequest,
+    SearchResponse,
+    SetView,
+)
 from service.setstats import mean_pairwise_distance, project_2d, vendi
 
 GROUP_KEYS = ("artist", "category")  # the first payload field the items carry is counted as their groups
@@ -116,3 +126,21 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
         )
         for i, q in enumerate(queries)
     ]
+
+
+async def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
+    """No fan-out: embed the query (through the same micro-batcher and queue limit as /fanout), one search."""
+    started = time.perf_counter()
+    query = check_query(rt, req.query)
+    if req.limit > rt.settings.max_limit:
+        raise InvalidInput("limit", f"limit must be <= {rt.settings.max_limit}")
+    vecs, waited, ran = await rt.encoder_batcher.submit([query])
+    resolve_started = time.perf_counter()
+    items = await run_in_threadpool(rt.resolver.resolve, np.stack(vecs), req.limit, filter=req.filter,
+                                    hnsw_ef=rt.settings.hnsw_ef)
+    done = time.perf_counter()
+    return SearchResponse(
+        items=[ResultItem(id=it.id, text=it.text, payload=it.payload, score=it.score) for it in items],
+        timings={"queue": round(1e3 * waited, 3), "encode": round(1e3 * ran, 3),
+                 "resolve": round(1e3 * (done - resolve_started), 3), "total": round(1e3 * (done - started), 3)},
+    )

@@ -6,7 +6,6 @@ Any missing or mismatched piece raises ArtifactError with one line, and the serv
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from service.llm import FanoutWriter, make_writer
 from service.manifest import SHARD_DIR, ArtifactError, IndexMeta
 from service.metrics import Metrics
 from service.resolver import Resolver
-from service.schemas import ResultItem, SearchRequest, SearchResponse
 from service.settings import Settings
 from service.store import EdgeStore, ServerStore, Store
 
@@ -51,6 +49,10 @@ class Runtime:
     encoder_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
     default: Default = Default("single", "no fan-out graph")
+
+    @property
+    def deadline_s(self) -> float:
+        return self.settings.request_timeout_ms / 1e3
 
     @property
     def strategies(self) -> list[str]:
@@ -170,7 +172,7 @@ def load_runtime(settings: Settings) -> Runtime:
         store.close()
         raise ArtifactError(f"R4T_DEFAULT_STRATEGY={runtime.default.name} but this server has no "
                             f"{runtime.default.name} strategy")
-    search(runtime, SearchRequest(query="warm-up query", limit=1))  # one real pass before ready
+    runtime.resolver.resolve(encoder.encode(["warm-up query"]), limit_per_vector=1)  # one real pass before ready
     if graph is not None:
         runtime.resolver.resolve(graph.run([("warm-up query", 0)])[0].fanout, limit_per_vector=1)
     runtime.warmed_up = True
@@ -192,21 +194,3 @@ def check_query(rt: Runtime, query: str, field: str = "query") -> str:
     if rt.encoder.count_tokens(query) > rt.settings.max_query_tokens:
         raise InvalidInput(field, f"{field} is longer than {rt.settings.max_query_tokens} tokens")
     return query
-
-
-def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
-    """No fan-out: embed the query, one nearest-neighbour search, items with scores."""
-    started = time.perf_counter()
-    query = check_query(rt, req.query)
-    if req.limit > rt.settings.max_limit:
-        raise InvalidInput("limit", f"limit must be <= {rt.settings.max_limit}")
-    vector = rt.encoder.encode([query])  # (1, D)
-    encoded = time.perf_counter()
-    items = rt.resolver.resolve(vector, limit_per_vector=req.limit, filter=req.filter,
-                                hnsw_ef=rt.settings.hnsw_ef)
-    done = time.perf_counter()
-    return SearchResponse(
-        items=[ResultItem(id=it.id, text=it.text, payload=it.payload, score=it.score) for it in items],
-        timings={"encode": 1e3 * (encoded - started), "resolve": 1e3 * (done - encoded),
-                 "total": 1e3 * (done - started)},
-    )

@@ -52,7 +52,7 @@ def problem_responses(*statuses: int) -> dict:
     """OpenAPI `responses` entries for the problem statuses a route can return."""
     why = {400: "Empty query or unreadable body", 404: "No such route", 413: "Request body over R4T_MAX_BODY_BYTES",
            422: "A field fails validation (the errors name it)", 429: "Queue full: retry after Retry-After seconds",
-           503: "The index or the LLM writer is unavailable"}
+           503: "The index or the LLM writer is unavailable", 504: "Past R4T_REQUEST_TIMEOUT_MS"}
     body = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     return {s: {"model": Problem, "description": why[s], "content": body} for s in statuses}
 

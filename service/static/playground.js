@@ -3,6 +3,8 @@
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"];
+const ROW_CHIPS = 4;  // items shown per fan-out row (its nearest returned items, by rank); the rest are counted
+const PLURAL = { category: "categories" };
 const colour = (i) => PALETTE[i % PALETTE.length];
 const $ = (id) => document.getElementById(id);
 
@@ -83,7 +85,7 @@ function render(panel, strategy, body) {
   const view = body.view;
   const rowsOf = body.items.map(bestFinder);
   view.texts = body.items.map((it) => it.text);
-  const groups = view.group_key ? [el("span", { class: "badge" }, `${view.distinct_groups} ${view.group_key}s`)] : [];
+  const groups = view.group_key ? [el("span", { class: "badge" }, `${view.distinct_groups} ${PLURAL[view.group_key] || view.group_key + "s"}`)] : [];
   const stats = el("div", { class: "stats" },
     el("span", { class: "badge" }, `${view.distinct_items} items`), ...groups,
     el("span", { class: "badge" }, `Vendi ${view.vendi.toFixed(2)}`),
@@ -102,7 +104,8 @@ function render(panel, strategy, body) {
     rows.append(el("li", { class: "row", "data-vector": v },
       el("span", { class: "swatch", style: `background:${colour(v)}` }),
       el("span", { class: "row-head" }, head), " ",
-      ...found.map(([it, f]) => el("span", { class: "chip", title: `rank ${f[1]}` }, it.text))));
+      ...found.slice(0, ROW_CHIPS).map(([it, f]) => el("span", { class: "chip", title: `rank ${f[1]}` }, it.text)),
+      ...(found.length > ROW_CHIPS ? [el("span", { class: "more" }, `+${found.length - ROW_CHIPS} more`)] : [])));
   }
   const fused = el("ol", { class: "fused" });
   body.items.forEach((it, i) => {

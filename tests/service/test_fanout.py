@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import threading
 import time
@@ -14,7 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.batcher import MicroBatcher, Overloaded
 from service.manifest import ArtifactError
 from tests.service.test_app import BAD_REQUESTS, LONG_QUERY, assert_problem
 
@@ -77,6 +75,7 @@ def test_single_is_the_query_embedding_search(client):
     search = client.post("/search", json={"query": "boho summer festival outfit", "limit": 7}).json()
     assert ids(body) == ids(search)
     assert all(it["found_by"] == [[0, rank]] for rank, it in enumerate(body["items"]))
+    assert set(search["timings"]) == {"queue", "encode", "resolve", "total"}  # /search is micro-batched too
     assert set(body["timings"]) == {"queue", "encode", "resolve", "total"}
 
 
@@ -352,44 +351,22 @@ def test_default_strategy_without_its_part_refuses_to_start(settings, index_copy
 # --- the micro-batcher on its own --------------------------------------------------------------------
 
 
-def test_batcher_batches_concurrent_submits_and_maps_outputs_back():
-    calls = []
+def test_a_request_past_its_deadline_gets_504_and_its_queued_work_is_dropped(settings, index_copy):
+    hasty = settings.model_copy(update={"index_dir": index_copy, "request_timeout_ms": 0.001})
+    with TestClient(create_app(hasty)) as c:
+        for path, body in (("/fanout", {"query": "office chic", "strategy": "diffusion"}),
+                           ("/fanout", {"query": "office chic", "strategy": "single"}),
+                           ("/fanout/batch", {"queries": ["office chic", "beach wedding"]}),
+                           ("/search", {"query": "office chic"})):
+            problem = assert_problem(c.post(path, json=body), 504)
+            assert "R4T_REQUEST_TIMEOUT_MS" in problem["detail"]
+        runtime = c.app.state.runtime
+        deadline = time.monotonic() + 5
+        while runtime.encoder_batcher.in_flight or runtime.graph_batcher.in_flight:
+            assert time.monotonic() < deadline, "cancelled requests stayed queued"
+            time.sleep(0.01)
+        assert c.get("/readyz").status_code == 200
+    spec = TestClient(create_app(settings)).app.openapi()
+    for path in ("/search", "/fanout", "/fanout/batch"):
+        assert "504" in spec["paths"][path]["post"]["responses"]
 
-    def run(batch):
-        calls.append(list(batch))
-        time.sleep(0.05)
-        return [x * 10 for x in batch]
-
-    async def main():
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher("t", run, pool, max_batch=16, max_wait_s=0.01)
-            outs = await asyncio.gather(*(batcher.submit([i, i + 100]) for i in range(5)))
-            await batcher.close()
-        return outs
-
-    outs = asyncio.run(main())
-    assert [o[0] for o in outs] == [[i * 10, (i + 100) * 10] for i in range(5)]
-    assert len(calls) == 1 and sorted(calls[0]) == sorted(x for i in range(5) for x in (i, i + 100))
-
-
-def test_batcher_refuses_beyond_its_queue_and_survives_a_failing_run():
-    def run(batch):
-        if "bad" in batch:
-            raise ValueError("boom")
-        time.sleep(0.05)
-        return batch
-
-    async def main():
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher("t", run, pool, max_batch=2, max_wait_s=0, max_queue=2)
-            results = await asyncio.gather(*(batcher.submit([f"q{i}"]) for i in range(6)), return_exceptions=True)
-            with pytest.raises(ValueError, match="boom"):
-                await batcher.submit(["bad"])
-            after = await batcher.submit(["ok"])
-            await batcher.close()
-        return results, after
-
-    results, after = asyncio.run(main())
-    assert any(isinstance(r, Overloaded) for r in results)
-    assert any(not isinstance(r, Exception) for r in results)
-    assert after[0] == ["ok"]
