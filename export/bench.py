@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.bench import machine  # noqa: F401  (re-exported: the report header)
+from service.host import machine  # noqa: F401  (re-exported: the report header)
 from service.graph import FanoutGraph
 
 

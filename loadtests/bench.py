@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -29,16 +28,10 @@ import httpx
 import numpy as np
 import typer
 
+from service.host import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False)
-
-
-def machine() -> str:
-    """CPU model and core count, for the report's header."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} CPUs"
 
 
 def server_env() -> dict[str, str]:

@@ -39,8 +39,8 @@ class OpenAIWriter:
     def __init__(self, settings: Settings, task: str = "wscr"):
         import httpx
 
-        from training.fanout.parse import parse_fanout
-        from training.fanout.prompts import example_queries, fanout_prompt
+        from service.parse import parse_fanout
+        from service.prompts import example_queries, fanout_prompt
 
         self.httpx, self.parse, self.prompt = httpx, parse_fanout, fanout_prompt
         self.echo = example_queries(settings.dataset)  # a model that repeats the prompt's example wrote nothing

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from training.fanout.parse import Fanout, parse_fanout
-from training.fanout.prompts import PREFILL, example_queries, fanout_prompt
+from service.parse import Fanout, parse_fanout
+from service.prompts import PREFILL, example_queries, fanout_prompt
 from training.fanout.rewards import RewardConfig, RewardModel
 
 

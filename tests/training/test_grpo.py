@@ -10,7 +10,7 @@ import pytest
 from training.evaluate import EvalConfig, evaluate, fanout_lm_strategy
 from training.fanout.grpo import RLConfig, train_grpo
 from training.fanout.infer import FanoutLM, RecordedLM, SampleConfig, latency_report, record_fanouts
-from training.fanout.parse import parse_fanout
+from service.parse import parse_fanout
 from training.fanout.policy import DEFAULT_POLICY, convert_gguf
 from training.fanout.rewards import RewardConfig, RewardModel
 

@@ -23,9 +23,9 @@ import numpy as np
 from service.manifest import write_json_atomic
 from training.data import Dataset
 from training.fanout.infer import FanoutLM, SampleConfig
-from training.fanout.parse import parse_fanout
+from service.parse import parse_fanout
 from training.fanout.policy import DEFAULT_POLICY, resolve_policy
-from training.fanout.prompts import PREFILL, example_queries
+from service.prompts import PREFILL, example_queries
 from training.fanout.rewards import TERMS, RewardConfig, RewardModel
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _curves_on_save(out_dir: Path):
 def _device_name(device: str) -> str:
     import torch
 
-    from loadtests.bench import machine
+    from service.host import machine
 
     return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else machine()
 

@@ -17,8 +17,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from training.fanout.parse import Fanout, parse_fanout
-from training.fanout.prompts import PREFILL, Task, chat_prompt, example_queries
+from service.parse import Fanout, parse_fanout
+from service.prompts import PREFILL, Task, chat_prompt, example_queries
 
 
 @dataclass(frozen=True)

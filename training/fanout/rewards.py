@@ -23,7 +23,7 @@ import numpy as np
 from service.encoder import OnnxEncoder
 from service.resolver import Resolver
 from training import metrics
-from training.fanout.parse import Fanout
+from service.parse import Fanout
 
 Task = Literal["oar", "wscr"]
 TERMS = ("groundedness", "diversity", "alignment", "recall", "format", "shortfall")
