@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +30,24 @@ class Overloaded(RuntimeError):
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Gate:
+    """At most `limit` calls waiting or running at once (thread-safe); one more is refused with Overloaded."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit, self.count = name, limit, 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self.count >= self.limit:
+                raise Overloaded(f"{self.name} queue is full ({self.count} requests waiting or running)")
+            self.count += 1
+
+    def leave(self, *_: object) -> None:
+        with self._lock:
+            self.count -= 1
 
 
 @dataclass

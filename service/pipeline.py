@@ -65,8 +65,10 @@ async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: 
         timings.update(queue=waited, encode=ran)
         return np.stack(vecs), [v[None] for v in vecs], None
     started = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    subqueries = await loop.run_in_executor(rt.llm_pool, rt.llm.write, queries, opts.k, seeds[0])
+    rt.llm_gate.enter()  # 429 when R4T_MAX_LLM_QUEUE requests already wait for or run in the LLM pool
+    call = rt.llm_pool.submit(rt.llm.write, queries, opts.k, seeds[0])
+    call.add_done_callback(rt.llm_gate.leave)  # when the call ends (or is cancelled unstarted), not the request
+    subqueries = await asyncio.wrap_future(call)
     timings["sample"] = time.perf_counter() - started
     texts = queries + [q for subs in subqueries for q in subs]
     vecs, waited, ran = await rt.encoder_batcher.submit(texts)

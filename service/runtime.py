@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from service.batcher import MicroBatcher
+from service.batcher import Gate, MicroBatcher
 from service.encoder import OnnxEncoder
 from service.errors import EmptyQuery, InvalidInput
 from service.graph import FanoutGraph
@@ -46,6 +46,7 @@ class Runtime:
     warmed_up: bool = False
     executor: ThreadPoolExecutor | None = None  # runs the ONNX sessions: bounded, one run per worker
     llm_pool: ThreadPoolExecutor | None = None
+    llm_gate: Gate | None = None  # bounds the requests waiting for or running in llm_pool (429 beyond)
     encoder_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
     default: Default = Default("single", "no fan-out graph")
@@ -68,6 +69,7 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=s.onnx_workers, thread_name_prefix="onnx")
         workers = self.llm.concurrency if self.llm else 1
         self.llm_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm")
+        self.llm_gate = Gate("llm", s.max_llm_queue)
 
         def batcher(name, run):
             m.queue_depth.labels(name).set(0)

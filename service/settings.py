@@ -58,6 +58,8 @@ class Settings(BaseSettings):
         "", description="Strategy of requests that name none; '' = diffusion where the graph's manifest records a "
                         "val result no worse than single, else single")
     llm_timeout_s: float = Field(30.0, gt=0, description="Deadline of one LLM fan-out call")
+    max_llm_queue: int = Field(32, gt=0, description="llm-strategy requests waiting or running beyond which "
+                                                     "requests get 429")
     request_timeout_ms: float = Field(10_000.0, gt=0, description="Deadline of one /search or /fanout request, "
                                                                   "queueing included; past it the answer is 504")
     host: str = "127.0.0.1"

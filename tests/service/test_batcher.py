@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import MicroBatcher, Overloaded
+from service.batcher import Gate, MicroBatcher, Overloaded
 
 
 def test_batcher_batches_concurrent_submits_and_maps_outputs_back():
@@ -83,3 +83,14 @@ def test_a_query_cancelled_while_queued_is_never_run():
     (first, kept), queued = asyncio.run(main())
     assert first[0] == ["a"] and kept[0] == ["c"]
     assert calls == [["a"], ["c"]] and queued == 0
+
+
+def test_gate_admits_up_to_its_limit_and_again_once_one_leaves():
+    gate = Gate("llm", 2)
+    gate.enter()
+    gate.enter()
+    with pytest.raises(Overloaded, match="llm queue is full"):
+        gate.enter()
+    gate.leave()
+    gate.enter()
+    assert gate.count == 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -42,12 +44,15 @@ class ChatServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), ChatHandler)
         self.answer: str | None = '<queries>\n["white linen dress", "fringe suede boots", "flower crown"]\n</queries>'
         self.requests: list[dict] = []
+        self.hold = threading.Event()  # cleared: every answer waits until it is set
+        self.hold.set()
 
 
 class ChatHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.server.requests.append({"path": self.path, "auth": self.headers.get("authorization"), **body})
+        self.server.hold.wait(30)
         if self.server.answer is None:
             self.send_response(500)
             self.end_headers()
@@ -95,3 +100,25 @@ def test_openai_endpoint_backs_the_llm_strategy(settings, index_copy, chat_serve
 
         chat_server.answer = None  # the endpoint fails: 503, not 500
         assert_problem(client.post("/fanout", json={"query": "office chic", "strategy": "llm"}), 503)
+
+
+def test_a_full_llm_queue_answers_429_with_retry_after_and_drains(settings, index_copy, chat_server):
+    url = f"http://127.0.0.1:{chat_server.server_address[1]}/v1"
+    tight = settings.model_copy(update={"index_dir": index_copy, "llm_url": url, "max_llm_queue": 2})
+    chat_server.hold.clear()  # the endpoint stalls: calls pile up in the service's LLM pool
+    with TestClient(create_app(tight)) as client, ThreadPoolExecutor(2) as pool:
+        ask = lambda q: client.post("/fanout", json={"query": q, "strategy": "llm", "limit": 4})  # noqa: E731
+        waiting = [pool.submit(ask, q) for q in ("office chic", "beach wedding")]
+        deadline = time.monotonic() + 10
+        while len(chat_server.requests) < 2:
+            assert time.monotonic() < deadline, "the first two llm calls never reached the endpoint"
+            time.sleep(0.01)
+        refused = client.post("/fanout", json={"query": "late night drive", "strategy": "llm"})
+        assert_problem(refused, 429)
+        assert refused.headers["retry-after"].isdigit() and "llm queue is full" in refused.json()["detail"]
+        assert client.post("/fanout", json={"query": "late night drive", "strategy": "single"}).status_code == 200
+        chat_server.hold.set()
+        assert [f.result(timeout=30).status_code for f in waiting] == [200, 200]
+        assert client.post("/fanout", json={"query": "late night drive", "strategy": "llm"}).status_code == 200
+        assert client.app.state.runtime.llm_gate.count == 0
+
