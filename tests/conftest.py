@@ -10,6 +10,24 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
 
+# Fixtures that read ../shared/data, and fixtures that export with torch: a test using one (through any
+# chain of fixtures) is marked needs_data / needs_torch at collection, so `-m "not needs_data"` selects
+# what a clean clone without the data can run. `slow` is set by hand on the tests that take > ~10 s.
+DATA_FIXTURES = {"data_dir"}
+TORCH_FIXTURES = {"encoder_dir", "graph_dir", "policy_artifacts"}
+SLOW_FIXTURES = {"policy_artifacts"}  # converts the shipped GGUF to an HF checkpoint: ~13 s
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & DATA_FIXTURES:
+            item.add_marker(pytest.mark.needs_data)
+        if fixtures & TORCH_FIXTURES or "torch" in vars(item.module):
+            item.add_marker(pytest.mark.needs_torch)
+        if fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir():

@@ -11,6 +11,7 @@ from service.encoder import OnnxEncoder
 from service.manifest import ArtifactError, load_manifest
 
 
+@pytest.mark.slow
 def test_parity_with_sentence_transformers_on_real_texts(encoder_dir, parity_texts):
     from export.encoder import default_encoder_path
     from sentence_transformers import SentenceTransformer

@@ -42,6 +42,7 @@ def test_open_loop_follows_the_arrival_rate(server, tmp_path):
     assert step["users"] == 1 and step["client_cpu_s"] > 0 and step["stages_p50_ms"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_a_slow_arrival_rate_leaves_the_dispatcher_idle(server, tmp_path):
     """1 request/s for 5 s: between arrivals the dispatcher sleeps (a busy loop would burn ~5 CPU s)."""
     step = locust_run(server, "single", 1.0, 5, "polyvore", tmp_path)
@@ -64,6 +65,7 @@ def test_server_env_names_the_settings_passed_on_but_no_secret(monkeypatch):
     assert "not known" in settings_line({"server_env": None})
 
 
+@pytest.mark.slow
 def test_load_report_saturation_and_sustained_run(server, tmp_path):
     from loadtests.bench import load
 

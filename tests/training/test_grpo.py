@@ -20,6 +20,7 @@ pytest.importorskip("trl")
 SMALL = SampleConfig(dataset="polyvore", max_new_tokens=24, temperature=0.8)
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_reloads_and_samples(policy_artifacts):
     converted = policy_artifacts / "policy" / DEFAULT_POLICY
     assert (converted / "config.json").is_file() and convert_gguf(converted) == converted  # a no-op now
@@ -32,6 +33,7 @@ def test_converted_checkpoint_reloads_and_samples(policy_artifacts):
     assert report["queries"] == 2 and report["median_ms"] > 0 and 0.0 <= report["parse_rate"] <= 1.0
 
 
+@pytest.mark.slow
 def test_grpo_smoke_run_checkpoints_resumes_and_writes_curves(polyvore, encoder, resolver, policy_artifacts, tmp_path):
     rewards = RewardModel(encoder, resolver, RewardConfig(task="wscr", depth=20))
     cfg = RLConfig(steps=1, prompts_per_step=2, group=2, micro_batch=2, max_new_tokens=24, save_steps=1,
@@ -57,6 +59,7 @@ def test_grpo_smoke_run_checkpoints_resumes_and_writes_curves(polyvore, encoder,
         train_grpo(replace(cfg, lr=1e-3), rewards, polyvore, policy_artifacts, out)
 
 
+@pytest.mark.slow
 def test_lm_strategies_in_eval_report_parse_rate(polyvore, encoder, resolver, policy_artifacts, tmp_path):
     lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
     chooser = RewardModel(encoder, resolver, RewardConfig(task="oar"))
@@ -72,6 +75,7 @@ def test_lm_strategies_in_eval_report_parse_rate(polyvore, encoder, resolver, po
         fanout_lm_strategy("bad", lm, encoder, resolver, 5, RewardModel(encoder, resolver, RewardConfig()))
 
 
+@pytest.mark.slow
 def test_recorded_fanouts_replay_what_the_lm_wrote_and_score_like_it(polyvore, encoder, resolver, policy_artifacts,
                                                                        tmp_path):
     lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
@@ -92,6 +96,7 @@ def test_recorded_fanouts_replay_what_the_lm_wrote_and_score_like_it(polyvore, e
         replay.sample(queries, 3, seed=0)
 
 
+@pytest.mark.slow
 def test_a_stopped_recording_resumes_from_its_last_chunk(polyvore, policy_artifacts, tmp_path):
     lm = FanoutLM(DEFAULT_POLICY, policy_artifacts, SMALL)
     queries = [s.intent for s in polyvore.split("val")[:3]]

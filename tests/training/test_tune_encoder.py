@@ -29,6 +29,7 @@ def test_config_rejects_bad_values():
         TuneConfig(batch_size=1)
 
 
+@pytest.mark.slow
 def test_a_few_steps_change_the_encoder(polyvore, tmp_path):
     from export.encoder import default_encoder_path
     from sentence_transformers import SentenceTransformer
