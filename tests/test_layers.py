@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_contracts_are_kept():
-    lint = shutil.which("lint-imports")
+    beside = Path(sys.executable).with_name("lint-imports")  # the venv's, also when its bin/ is not on PATH
+    lint = str(beside) if beside.is_file() else shutil.which("lint-imports")
     assert lint, "import-linter is a dev dependency: pip install -e '.[dev]'"
     result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
