@@ -8,19 +8,15 @@ const PLURAL = { category: "categories" };
 const colour = (i) => PALETTE[i % PALETTE.length];
 const $ = (id) => document.getElementById(id);
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  for (const child of children) node.append(child);  // strings become text nodes: nothing is parsed as HTML
-  return node;
-}
-
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+// An element with attributes and children; strings become text nodes, so nothing is parsed as HTML.
+function make(ns, tag, attrs, children) {
+  const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
   for (const child of children) node.append(child);
   return node;
 }
+const el = (tag, attrs = {}, ...children) => make(null, tag, attrs, children);
+const svg = (tag, attrs = {}, ...children) => make("http://www.w3.org/2000/svg", tag, attrs, children);
 
 // The fan-out vector that ranked an item highest (its colour and its row).
 function bestFinder(item) {

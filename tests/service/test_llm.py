@@ -109,9 +109,8 @@ def test_a_full_llm_queue_answers_429_with_retry_after_and_drains(settings, inde
     with TestClient(create_app(tight)) as client, ThreadPoolExecutor(2) as pool:
         ask = lambda q: client.post("/fanout", json={"query": q, "strategy": "llm", "limit": 4})  # noqa: E731
         waiting = [pool.submit(ask, q) for q in ("office chic", "beach wedding")]
-        deadline = time.monotonic() + 10
-        while len(chat_server.requests) < 2:
-            assert time.monotonic() < deadline, "the first two llm calls never reached the endpoint"
+        while len(chat_server.requests) < 2:  # both reach the stalled endpoint; neither may be answered first
+            assert not any(f.done() for f in waiting), [f.result().text for f in waiting if f.done()]
             time.sleep(0.01)
         refused = client.post("/fanout", json={"query": "late night drive", "strategy": "llm"})
         assert_problem(refused, 429)

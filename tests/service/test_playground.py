@@ -34,9 +34,8 @@ def url(settings, polyvore_index, tmp_path_factory):
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+    while not server.started:  # uvicorn either starts or its thread ends with the start-up error
+        assert thread.is_alive(), "the service did not start"
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
