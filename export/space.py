@@ -28,20 +28,31 @@ PARITY_TOLERANCE = 1e-4
 
 
 class SpaceHead(torch.nn.Module):
-    """(input_ids, attention_mask) -> (B, k) unit query vectors: mean of the n nearest train sets' vectors,
-    blended with the text embedding by the space's `text_weight` (text kind)."""
+    """(input_ids, attention_mask) -> (B, k) unit query vectors: mean of the n nearest train sets' vectors
+    (weighted by softmax(similarity / temperature) when the space has one), blended with the text embedding
+    by the space's `text_weight` (text kind)."""
 
     def __init__(self, encoder: MeanPooledEncoder, space: Space):
         super().__init__()
         self.encoder, self.n, self.w = encoder, space.neighbours, float(space.text_weight)
+        self.t = float(space.temperature)
+        self.extra = int(space.neighbours < len(space.set_ids))  # the (n+1)-th title, where weights reach 0
         self.register_buffer("titles", torch.from_numpy(space.titles))  # (S, D)
         self.register_buffer("sets", torch.from_numpy(space.sets))  # (S, k)
         self.register_buffer("tiebreak", torch.from_numpy(tiebreak(len(space.set_ids))))  # (S,)
 
     def forward(self, input_ids, attention_mask):
         z = self.encoder(input_ids, attention_mask)  # (B, D)
-        nearest = torch.topk(z @ self.titles.T + self.tiebreak, self.n, dim=1).indices  # (B, n)
-        q = torch.nn.functional.normalize(self.sets[nearest].mean(1), dim=-1)  # (B, k)
+        sims, nearest = torch.topk(z @ self.titles.T + self.tiebreak, self.n + self.extra, dim=1)  # (B, n [+ 1])
+        n = self.n
+        if self.t:  # training.space.neighbour_weights
+            e = torch.exp((sims - sims[:, :1]) / self.t)
+            w = e[:, :n] - e[:, n:] if self.extra else e
+            total = w.sum(1, keepdim=True)
+            weights = torch.where(total > 0, w / total.clamp_min(1e-30), torch.full_like(w, 1.0 / n))
+        else:
+            weights = torch.full_like(sims[:, :n], 1.0 / n)
+        q = torch.nn.functional.normalize((self.sets[nearest[:, :n]] * weights[..., None]).sum(1), dim=-1)  # (B, k)
         if self.w:
             q = self.w * torch.nn.functional.normalize(z, dim=-1) + (1.0 - self.w) * q
         return torch.nn.functional.normalize(q, dim=-1)
@@ -78,7 +89,8 @@ def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, pa
         info = EncoderInfo(name=space.name, source=text.encoder.source, dim=space.dim,
                            max_seq_len=text.encoder.max_seq_len)
         space_info = {"name": space.name, "kind": space.kind, "distance": space.distance, "dataset": space.dataset,
-                      "neighbours": space.neighbours, "text_weight": space.text_weight, **space.meta}
+                      "neighbours": space.neighbours, "text_weight": space.text_weight,
+                      "temperature": space.temperature, **space.meta}
         manifest = Manifest(kind="encoder", encoder=info, opset=OPSET, inputs=["input_ids", "attention_mask"],
                             outputs=["embedding"], files=hash_files(tmp), config={"space": space_info},
                             parity=Parity(reference="pending", n_inputs=0, max_abs_error=float("nan"),

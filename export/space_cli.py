@@ -49,8 +49,11 @@ def build(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),
     name: str = NAME_OPT,
     kind: str = typer.Option("", help="comember (SVD of set co-membership) | text; default by dataset"),
-    factors: int = typer.Option(64, help="SVD rank of the co-membership factors"),
-    neighbours: int = typer.Option(20, help="Nearest train titles averaged into the query"),
+    factors: int = typer.Option(128, help="SVD rank of the co-membership factors"),
+    gamma: float = typer.Option(2.0, help="Comember: item = V·σ^(gamma/2), set = U·σ^(gamma/2)"),
+    neighbours: int = typer.Option(0, help="Nearest train titles averaged into the query; 0 = the kind's default"),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature over those titles' similarities "
+                                                "(0 = plain mean); default by kind"),
     text_weight: Optional[float] = typer.Option(None, help="Text space: weight of the query's own text in the "
                                                 "query head; default: the best on val sets"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
@@ -69,7 +72,8 @@ def build(
         _export_encoder("", settings.encoder, artifacts, data_dir)
     ds = _dataset(dataset, data_dir)
     if not (p["space"] / "space.json").is_file():
-        cfg = SpaceConfig(kind=kind, factors=factors, neighbours=neighbours, text_weight=text_weight)
+        cfg = SpaceConfig(kind=kind, factors=factors, gamma=gamma, neighbours=neighbours, temperature=temperature,
+                          text_weight=text_weight)
         build_space(ds, OnnxEncoder(p["text"]), cfg, name).save(p["space"])
     space = Space.load(p["space"])
     if not (p["encoder"] / "manifest.json").is_file():

@@ -55,7 +55,7 @@ def teacher_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, reso
     """The neighbourhood teacher for a held-out intent (train sets only), resolved as the graph's rows are."""
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
-        near = nearest_sets(space, text.encode(queries))  # (B, n)
+        near = nearest_sets(space, text.encode(queries), n=cfg.neighbours)  # (B, n)
         rows = [neighbour_targets(space, q, nb, cfg, seed) for q, nb in zip(qv, near)]
         return retrieve_blocks(resolver, rows, n)
 

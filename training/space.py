@@ -4,12 +4,16 @@ Two kinds, one interface (`Space`):
 - `comember` (MPD): truncated SVD of the idf-weighted train-set x item incidence (sklearn's randomized
   SVD); item = V·√σ, set = U·√σ. The vectors are left unnormalised and scored by inner product, so an
   item's norm carries its popularity. Items that no train set holds (cold tracks) get a content tower:
-  ridge regression from their text embedding onto the warm items' factors.
+  ridge regression from their text embedding onto the warm items' factors. `gamma` splits σ^gamma between
+  items and sets (item = V·σ^(gamma/2)): the query scores items by the rank-k reconstruction of its
+  neighbours' rows with the singular values raised to gamma; gamma > 1 leans on the leading (popular)
+  directions, which scored best on MPD val.
 - `text` (Polyvore, where only 140 of 8.9k items recur across outfits, so co-membership of ids is
   empty): items are their text embeddings; a set is the mean of its items'.
 
 The query head is the same for both: the mean vector of the train sets whose titles are nearest to the
-query text (`query_vectors`), unit-normalised. In the text space it is blended with the query's own text
+query text (`query_vectors`), weighted by softmax(title similarity / temperature) when a temperature is
+set (many MPD titles repeat: the sets under the query's own title count most), unit-normalised. In the text space it is blended with the query's own text
 embedding (`text_weight`, chosen on val sets: on Polyvore the averaged neighbours alone blur the intent
 to ~0.3x the plain query's recall). It is exported inside the space encoder's ONNX graph.
 Only train-split sets contribute a factor, a set vector or a title.
@@ -45,14 +49,20 @@ KINDS = ("comember", "text")
 TEXT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the grid `build_space` scores on val sets (text kind)
 SELECT_N = 100  # the recall cut-off that grid is scored at
 DEFAULT_KIND = {"mpd": "comember", "polyvore": "text"}
+# The query head's defaults per kind, chosen on MPD val (results/space_mpd.md); the text kind keeps the plain mean.
+GAMMA = 2.0
+DEFAULT_NEIGHBOURS = {"comember": 200, "text": 20}
+DEFAULT_TEMPERATURE = {"comember": 0.1, "text": 0.0}
 
 
 @dataclass(frozen=True)
 class SpaceConfig:
     kind: str = ""  # comember | text; "" = the dataset's default (DEFAULT_KIND)
-    factors: int = 64  # SVD rank k (comember); 64 scored at least as well as 128 and 256 on MPD val
+    factors: int = 128  # SVD rank k (comember); see results/space_mpd.md for the val grid
     idf: bool = True  # weight each item column by log(S / df) before the SVD
-    neighbours: int = 20  # nearest train titles whose set vectors average into the query
+    gamma: float = GAMMA  # comember: item = V·σ^(gamma/2), set = U·σ^(gamma/2)
+    neighbours: int = 0  # nearest train titles whose set vectors average into the query; 0 = the kind's default
+    temperature: float | None = None  # softmax temperature over their title similarities; 0 = plain mean; None = the kind's default
     ridge: float = 1.0  # L2 penalty of the cold-item content tower
     tower_sample: int = 30_000  # warm items whose (text, factor) pairs fit the content tower
     text_weight: float | None = None  # text kind: query = w·text + (1−w)·neighbours; None = best of TEXT_WEIGHTS on val
@@ -61,8 +71,10 @@ class SpaceConfig:
     def __post_init__(self):
         if self.kind and self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)} (or '' for the dataset default)")
-        if self.factors < 2 or self.neighbours < 1 or self.tower_sample < 1:
-            raise ValueError("factors must be >= 2, neighbours and tower_sample >= 1")
+        if self.factors < 2 or self.neighbours < 0 or self.tower_sample < 1 or self.gamma <= 0:
+            raise ValueError("factors must be >= 2, neighbours >= 0 (0 = default), tower_sample >= 1, gamma > 0")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError("temperature must be >= 0 (0 = the plain mean of the neighbours)")
         if self.text_weight is not None and not 0.0 <= self.text_weight <= 1.0:
             raise ValueError("text_weight must be in [0, 1] (or unset: chosen on val)")
         if self.text_weight and self.kind == "comember":
@@ -86,6 +98,7 @@ class Space:
     neighbours: int
     meta: dict
     text_weight: float = 0.0  # weight of the query's own text embedding in the query head (text kind only)
+    temperature: float = 0.0  # softmax temperature of the neighbours' title similarities; 0 = plain mean
 
     @property
     def distance(self) -> str:
@@ -105,7 +118,7 @@ class Space:
         sp.save_npz(tmp / MEMBERS_FILE, self.members)
         write_json_atomic(tmp / SPACE_META, {"name": self.name, "dataset": self.dataset, "kind": self.kind,
                                              "neighbours": self.neighbours, "text_weight": self.text_weight,
-                                             **self.meta})
+                                             "temperature": self.temperature, **self.meta})
         replace_dir(tmp, directory)
 
     @classmethod
@@ -118,7 +131,7 @@ class Space:
         return cls(meta.pop("name"), meta.pop("dataset"), meta.pop("kind"), arrays["item_ids"].tolist(),
                    arrays["items"], arrays["warm"], arrays["set_ids"].tolist(), arrays["sets"], arrays["titles"],
                    sp.load_npz(directory / MEMBERS_FILE).tocsr(), meta.pop("neighbours"), meta,
-                   meta.pop("text_weight", 0.0))
+                   meta.pop("text_weight", 0.0), meta.pop("temperature", 0.0))
 
 
 def incidence(sets: list[ItemSet], column: dict[str, int]) -> sp.csr_matrix:
@@ -143,16 +156,17 @@ def build_space(dataset: Dataset, encoder: OnnxEncoder, cfg: SpaceConfig, name: 
     if kind == "comember":
         weights = np.log(len(train) / np.maximum(df, 1)).astype(np.float32) if cfg.idf else np.ones(len(df), np.float32)
         u, sigma, vt = randomized_svd(x.multiply(weights[None]).tocsr(), cfg.factors, random_state=cfg.seed, n_iter=5)
-        items = (vt.T * np.sqrt(sigma)).astype(np.float32)  # (N, k)
-        sets = (u * np.sqrt(sigma)).astype(np.float32)  # (S, k)
+        items = (vt.T * sigma ** (cfg.gamma / 2)).astype(np.float32)  # (N, k)
+        sets = (u * sigma ** (cfg.gamma / 2)).astype(np.float32)  # (S, k)
         items[~warm] = content_tower(dataset, encoder, items, warm, item_ids, cfg)
         meta["singular_values"] = [round(float(s), 4) for s in sigma]
     else:
         items = encoder.encode([dataset.items[i].text for i in item_ids])  # (N, D)
         sets = np.asarray(x @ items) / np.maximum(np.asarray(x.sum(1)), 1)  # (S, D) mean of members
         sets = sets.astype(np.float32)
+    temperature = DEFAULT_TEMPERATURE[kind] if cfg.temperature is None else cfg.temperature
     space = Space(name, dataset.name, kind, item_ids, items, warm, [s.id for s in train], sets, titles, x,
-                  cfg.neighbours, meta)
+                  min(cfg.neighbours or DEFAULT_NEIGHBOURS[kind], len(train)), meta, temperature=temperature)
     if kind == "text":
         space.text_weight = cfg.text_weight if cfg.text_weight is not None else choose_text_weight(space, dataset, encoder)
     return space
@@ -198,8 +212,9 @@ def content_tower(dataset: Dataset, encoder: OnnxEncoder, items: np.ndarray, war
 
 
 def nearest_sets(space: Space, title_emb: np.ndarray, exclude: list[str | None] | None = None,
-                 n: int | None = None) -> np.ndarray:
-    """(B, n) indices of the train sets whose titles are nearest to each (D,) text embedding.
+                 n: int | None = None, with_sims: bool = False):
+    """(B, n) indices of the train sets whose titles are nearest to each (D,) text embedding (and, with
+    `with_sims`, their (B, n) similarities, tie-break included, as the ONNX head sees them).
 
     `exclude[b]` names a train set that query b must not see (its own, when b is a train intent).
     """
@@ -210,7 +225,8 @@ def nearest_sets(space: Space, title_emb: np.ndarray, exclude: list[str | None] 
         for b, sid in enumerate(exclude):
             if sid in row:
                 sims[b, row[sid]] = -np.inf
-    return np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    near = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    return (near, np.take_along_axis(sims, near, 1)) if with_sims else near
 
 
 def tiebreak(n_sets: int) -> np.ndarray:
@@ -220,14 +236,30 @@ def tiebreak(n_sets: int) -> np.ndarray:
     return (-1e-3 * np.arange(n_sets) / max(n_sets, 1)).astype(np.float32)
 
 
+def neighbour_weights(sims: np.ndarray, temperature: float, n: int) -> np.ndarray:
+    """(B, n) weights summing to 1 from (B, n) or (B, n + 1) sorted similarities: uniform when temperature is 0,
+    else exp((s − s_1) / t) less the same term of the (n+1)-th title, so a weight falls to 0 at the cut. Many
+    titles tie there, and which of them makes the top n must not move the query (numpy and ONNX order ties
+    differently at float32 resolution)."""
+    if not temperature:
+        return np.full((len(sims), n), 1.0 / n, np.float32)
+    e = np.exp((sims - sims[:, :1]) / temperature)  # sims are sorted: the first is the largest
+    w = e[:, :n] - (e[:, n:n + 1] if e.shape[1] > n else 0.0)
+    total = w.sum(1, keepdims=True)
+    w = np.where(total > 0, w / np.maximum(total, 1e-30), 1.0 / n)  # all n tie with the (n+1)-th: plain mean
+    return w.astype(np.float32)
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def query_vectors(space: Space, title_emb: np.ndarray, exclude: list[str | None] | None = None) -> np.ndarray:
-    """(B, k) unit query vectors: the mean vector of the nearest train sets, blended with the text embedding
-    itself by `space.text_weight` (what the ONNX head computes)."""
-    q = unit(space.sets[nearest_sets(space, title_emb, exclude)].mean(1))  # (B, k)
+    """(B, k) unit query vectors: the (softmax-of-similarity weighted) mean vector of the nearest train sets,
+    blended with the text embedding itself by `space.text_weight` (what the ONNX head computes)."""
+    n = space.neighbours
+    near, sims = nearest_sets(space, title_emb, exclude, n=min(n + 1, len(space.set_ids)), with_sims=True)
+    q = unit((space.sets[near[:, :n]] * neighbour_weights(sims, space.temperature, n)[..., None]).sum(1))  # (B, k)
     if space.text_weight:
         q = unit(space.text_weight * unit(title_emb) + (1.0 - space.text_weight) * q)
     return q.astype(np.float32)
@@ -238,11 +270,12 @@ class TeacherConfig:
     k: int = 10  # fan-out vectors per intent (paper: 10)
     blend: float = 0.25  # row = normalise(q + blend·(centroid − q)); chosen on MPD val (1.0, 0.5, 0.25)
     samples: int = 1  # target sets per intent (K-means seeds)
+    neighbours: int = 20  # nearest other train intents whose sets' items the K-means clusters
     max_iter: int = 50
 
     def __post_init__(self):
-        if self.k < 1 or self.samples < 1 or not 0.0 <= self.blend <= 1.0:
-            raise ValueError("k and samples must be >= 1 and blend in [0, 1]")
+        if self.k < 1 or self.samples < 1 or self.neighbours < 1 or not 0.0 <= self.blend <= 1.0:
+            raise ValueError("k, samples and neighbours must be >= 1 and blend in [0, 1]")
 
 
 def neighbour_targets(space: Space, query: np.ndarray, neighbours: np.ndarray, cfg: TeacherConfig,
@@ -265,7 +298,7 @@ def neighbour_targets(space: Space, query: np.ndarray, neighbours: np.ndarray, c
 def teacher_pairs(space: Space, cfg: TeacherConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every train intent -> (query (d,), targets (k, d)), its own set left out of both; samples per intent."""
     emb, own = space.titles, space.set_ids  # the train titles and set ids, in train order
-    near = nearest_sets(space, emb, exclude=own)
+    near = nearest_sets(space, emb, exclude=own, n=cfg.neighbours)
     q = query_vectors(space, emb, exclude=own)
     queries, targets, ids = [], [], []
     for b in tqdm(range(len(own)), desc="teacher pairs", unit="intent"):

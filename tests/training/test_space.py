@@ -12,6 +12,7 @@ from training.space import (
     build_space,
     nearest_sets,
     neighbour_targets,
+    neighbour_weights,
     query_vectors,
     teacher_pairs,
 )
@@ -69,13 +70,14 @@ def test_nearest_sets_excludes_own_set(space):
 
 
 def test_teacher_pairs_never_see_the_own_set(space):
-    q, targets, ids = teacher_pairs(space, TeacherConfig(k=4))
+    cfg = TeacherConfig(k=4, neighbours=6)
+    q, targets, ids = teacher_pairs(space, cfg)
     assert ids == space.set_ids and targets.shape == (len(ids), 4, space.dim)
     np.testing.assert_allclose(np.linalg.norm(targets, axis=-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(q, query_vectors(space, space.titles, exclude=space.set_ids), atol=1e-6)
     # intent 0's targets are those of its neighbours with its own set left out (and that set is not among them)
-    near = nearest_sets(space, space.titles[:1], exclude=space.set_ids[:1])[0]
-    again = neighbour_targets(space, q[0], near, TeacherConfig(k=4))
+    near = nearest_sets(space, space.titles[:1], exclude=space.set_ids[:1], n=cfg.neighbours)[0]
+    again = neighbour_targets(space, q[0], near, cfg)
     np.testing.assert_allclose(again, targets[0], atol=1e-6)
     assert 0 not in near
 
@@ -86,11 +88,38 @@ def test_blend_zero_is_the_query(space):
     np.testing.assert_allclose(rows, np.repeat(q[None], 3, 0), atol=1e-6)
 
 
+def test_neighbour_weights_go_from_the_mean_to_the_nearest_title():
+    sims = np.array([[0.9, 0.8, 0.2, 0.1]], np.float32)
+    np.testing.assert_allclose(neighbour_weights(sims, 0.0, 3), [[1 / 3] * 3], atol=1e-6)
+    w = neighbour_weights(sims, 0.1, 3)
+    assert w.shape == (1, 3) and w[0, 0] > w[0, 1] > w[0, 2] > 0 and abs(w.sum() - 1) < 1e-6
+    np.testing.assert_allclose(neighbour_weights(sims, 1e-3, 3), [[1, 0, 0]], atol=1e-6)
+    # a tie at the cut: the n-th title weighs 0, so which of the tied titles is kept does not matter
+    assert neighbour_weights(np.array([[0.9, 0.5, 0.5]], np.float32), 0.1, 2)[0, 1] == 0
+    np.testing.assert_allclose(neighbour_weights(np.full((1, 3), 0.5, np.float32), 0.1, 2), [[0.5, 0.5]])
+
+
+def test_query_head_weights_its_neighbours(space):
+    """The head is the weighted mean of the nearest train sets' vectors (the fixture's temperature)."""
+    assert space.temperature > 0
+    n = space.neighbours
+    near, sims = nearest_sets(space, space.titles[:3], n=n + 1, with_sims=True)
+    e = np.exp((sims - sims[:, :1]) / space.temperature)
+    w = e[:, :n] - e[:, n:]
+    expected = (space.sets[near[:, :n]] * (w / w.sum(1, keepdims=True))[..., None]).sum(1)
+    np.testing.assert_allclose(query_vectors(space, space.titles[:3]),
+                               expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError):
         SpaceConfig(kind="svd")
     with pytest.raises(ValueError):
         TeacherConfig(blend=1.5)
+    with pytest.raises(ValueError):
+        SpaceConfig(temperature=-0.1)
+    with pytest.raises(ValueError):
+        SpaceConfig(gamma=0.0)
 
 
 def test_text_space_for_polyvore(polyvore, encoder):
