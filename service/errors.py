@@ -106,7 +106,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return problem(exc.status_code, str(exc.detail), str(exc.detail))
+        # The router's own headers travel on: a 405 names the methods the path allows (RFC 9110 §15.5.6).
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):

@@ -191,6 +191,13 @@ def test_unknown_route_is_a_problem(client):
     assert_problem(client.get("/nope"), 404)
 
 
+def test_wrong_method_is_a_405_problem_naming_the_allowed_ones(client):
+    response = client.get("/fanout")
+    assert_problem(response, 405)
+    assert response.headers["allow"] == "POST"
+    assert client.request("TRACE", "/info").headers["allow"] == "GET"
+
+
 def test_unexpected_error_is_a_500_problem(client, monkeypatch):
     def broken(rt, req):
         raise RuntimeError("a bug, not bad input")
