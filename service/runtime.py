@@ -151,8 +151,10 @@ def default_strategy(settings: Settings, graph: FanoutGraph | None) -> Default:
     val = graph.manifest.config.get("provenance", {}).get("val")
     if not val:
         return Default("single", "the fan-out graph's manifest records no val check against single")
-    verdict = (f"val R@{val['n']} {val['recall_diffusion']:.4f} vs single {val['recall_single']:.4f} "
-               f"on {val['sets']} sets, paired 95% [{val['ci_vs_single'][1]:+.4f}, {val['ci_vs_single'][2]:+.4f}]")
+    checks = val.get("at") or {str(val["n"]): val}  # every cut-off checked (older manifests: one)
+    verdict = f"val on {val['sets']} sets, diffusion vs single: " + "; ".join(
+        f"R@{n} {c['recall_diffusion']:.4f} vs {c['recall_single']:.4f}, paired 95% "
+        f"[{c['ci_vs_single'][1]:+.4f}, {c['ci_vs_single'][2]:+.4f}]" for n, c in checks.items())
     return Default("diffusion" if val.get("non_inferior") else "single", verdict)
 
 

@@ -338,6 +338,14 @@ def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
         write_json_atomic(copy / "manifest.json", manifest.model_dump())
         name, why = default_strategy(measured, FanoutGraph(copy))
         assert name == expected and "641 sets" in why
+    # `r4t space export` checks every cut-off: one that fails keeps single, and /info's reason names both
+    at = {"500": {**val, "non_inferior": True},
+          "5000": {"recall_diffusion": 0.4613, "recall_single": 0.4673, "ci_vs_single": [-0.006, -0.0111, -0.0012],
+                   "non_inferior": False}}
+    manifest.config["provenance"] = {"val": {**val, "at": at, "non_inferior": False}}
+    write_json_atomic(copy / "manifest.json", manifest.model_dump())
+    name, why = default_strategy(measured, FanoutGraph(copy))
+    assert name == "single" and "R@500 0.1682" in why and "R@5000 0.4613 vs 0.4673" in why and "-0.0111" in why
     assert default_strategy(settings, None) == ("diffusion", "R4T_DEFAULT_STRATEGY")
 
 
