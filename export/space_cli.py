@@ -51,7 +51,7 @@ def build(
     kind: str = typer.Option("", help="comember (SVD of set co-membership) | text; default by dataset"),
     factors: int = typer.Option(128, help="SVD rank of the co-membership factors"),
     gamma: float = typer.Option(2.0, help="Comember: item = V·σ^(gamma/2), set = U·σ^(gamma/2)"),
-    neighbours: int = typer.Option(0, help="Nearest train titles averaged into the query; 0 = the kind's default"),
+    neighbours: Optional[int] = typer.Option(None, help="Nearest train titles averaged into the query; default by kind"),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature over those titles' similarities "
                                                 "(0 = plain mean); default by kind"),
     text_weight: Optional[float] = typer.Option(None, help="Text space: weight of the query's own text in the "
@@ -179,8 +179,7 @@ def _val_check(ds, p) -> dict:
         ci = paired_difference(graph.recall_per_query[n], single.recall_per_query[n])
         at[str(n)] = {"recall_diffusion": round(graph.recall[n], 5), "recall_single": round(single.recall[n], 5),
                       "ci_vs_single": [round(x, 5) for x in ci], "non_inferior": ci[1] >= -0.005}
-    first = at[str(cfg.ns[0])]
-    return {"sets": single.queries, "n": cfg.ns[0], "search": "exact", **first, "at": at,
+    return {"sets": single.queries, "search": "exact", "at": at,
             "non_inferior": all(a["non_inferior"] for a in at.values())}
 
 

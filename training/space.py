@@ -61,7 +61,7 @@ class SpaceConfig:
     factors: int = 128  # SVD rank k (comember); see results/space_mpd.md for the val grid
     idf: bool = True  # weight each item column by log(S / df) before the SVD
     gamma: float = GAMMA  # comember: item = V·σ^(gamma/2), set = U·σ^(gamma/2)
-    neighbours: int = 0  # nearest train titles whose set vectors average into the query; 0 = the kind's default
+    neighbours: int | None = None  # nearest train titles whose set vectors average into the query; None = the kind's default
     temperature: float | None = None  # softmax temperature over their title similarities; 0 = plain mean; None = the kind's default
     ridge: float = 1.0  # L2 penalty of the cold-item content tower
     tower_sample: int = 30_000  # warm items whose (text, factor) pairs fit the content tower
@@ -71,8 +71,9 @@ class SpaceConfig:
     def __post_init__(self):
         if self.kind and self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)} (or '' for the dataset default)")
-        if self.factors < 2 or self.neighbours < 0 or self.tower_sample < 1 or self.gamma <= 0:
-            raise ValueError("factors must be >= 2, neighbours >= 0 (0 = default), tower_sample >= 1, gamma > 0")
+        if self.factors < 2 or (self.neighbours is not None and self.neighbours < 1) or self.tower_sample < 1 \
+                or self.gamma <= 0:
+            raise ValueError("factors must be >= 2, neighbours and tower_sample >= 1 (or neighbours unset), gamma > 0")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError("temperature must be >= 0 (0 = the plain mean of the neighbours)")
         if self.text_weight is not None and not 0.0 <= self.text_weight <= 1.0:
@@ -165,8 +166,9 @@ def build_space(dataset: Dataset, encoder: OnnxEncoder, cfg: SpaceConfig, name: 
         sets = np.asarray(x @ items) / np.maximum(np.asarray(x.sum(1)), 1)  # (S, D) mean of members
         sets = sets.astype(np.float32)
     temperature = DEFAULT_TEMPERATURE[kind] if cfg.temperature is None else cfg.temperature
+    neighbours = min(DEFAULT_NEIGHBOURS[kind] if cfg.neighbours is None else cfg.neighbours, len(train))
     space = Space(name, dataset.name, kind, item_ids, items, warm, [s.id for s in train], sets, titles, x,
-                  min(cfg.neighbours or DEFAULT_NEIGHBOURS[kind], len(train)), meta, temperature=temperature)
+                  neighbours, meta, temperature=temperature)
     if kind == "text":
         space.text_weight = cfg.text_weight if cfg.text_weight is not None else choose_text_weight(space, dataset, encoder)
     return space
