@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,6 +30,7 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
     problem_responses,
+    state_limits,
 )
 
 from service.settings import Settings
@@ -75,6 +77,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runtime.close()
 
     app = FastAPI(title="R4T fan-out retrieval", version="0.1.0", lifespan=lifespan)
+
+    def openapi() -> dict:
+        """The OpenAPI document with this server's limits and strategies in it (once the runtime has loaded)."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        rt = getattr(app.state, "runtime", None)
+        if rt is None:
+            return doc
+        s = rt.settings
+        app.openapi_schema = state_limits(doc, rt.strategies, s.max_limit, rt.max_k, s.max_batch_queries,
+                                          s.max_query_chars)
+        return app.openapi_schema
+
+    app.openapi = openapi
     errors.install(app)
     app.add_middleware(errors.BodyLimit, max_bytes=settings.max_body_bytes)
 
@@ -132,7 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     index=rt.index and rt.index.model_dump(), items=rt.store.count(), dataset=rt.settings.dataset,
                     default_strategy=rt.default._asdict())
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format"}})
     def metrics(rt: Runtime = Depends(get_runtime)) -> Response:
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -65,18 +65,11 @@ class OnnxEncoder:
         self.dim = self.manifest.encoder.dim
         self.max_len = self.manifest.encoder.max_seq_len
         self.tokenizer = load_tokenizer(self.directory, self.max_len)
-        # A second, untruncated copy for counting: toggling truncation on the shared one would race
-        # with batches that the service encodes on its executor threads.
-        self._counter = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
         self.session = make_session(self.directory / MODEL_FILE, device, threads, spin, self.manifest)
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` before truncation (the service rejects queries over its limit)."""
-        return len(self._counter.encode(text).ids)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Padded (B, T) int64 `input_ids` and `attention_mask`."""

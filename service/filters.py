@@ -6,20 +6,163 @@ rejected for the server backend too, so switching backend never changes which re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Union
 
 import pydantic
 import qdrant_edge as qe
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from qdrant_client import models
+
+from service.jsontypes import DateTime, integer, number
 
 
 class InvalidFilter(ValueError):
     """A payload filter is not valid Qdrant filter JSON, or uses a condition Edge cannot run."""
 
 
-def validate_filter(raw: dict | models.Filter | None) -> models.Filter | None:
+# --- The request schema: the part of Qdrant's filter JSON that both backends run, bounds included -------------
+# What these models accept is what the stores run (the OpenAPI document shows them): Qdrant's own
+# `models.Filter` also admits geo and has_id conditions, ints beyond i64 and negative counts, which Edge refuses.
+
+# A payload key as a JSON path Edge parses: dotted ASCII names, each optionally indexed (`a.b[].c`, `tags[0]`).
+Key = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]+(\[[0-9]{0,9}\])*(\.[A-Za-z0-9_-]+(\[[0-9]{0,9}\])*)*$",
+                                 description="Payload key, e.g. 'artist' or 'category'")]
+I64 = integer()  # Edge holds i64; the JSON-safe range is inside it
+Count = integer(0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class MatchValue(_Strict):
+    value: StrictBool | I64 | StrictStr
+
+
+class MatchAny(_Strict):
+    any: list[StrictStr] | list[I64]
+
+
+class MatchExcept(_Strict):
+    except_: list[StrictStr] | list[I64] = Field(alias="except")
+
+
+class MatchText(_Strict):
+    text: StrictStr
+
+
+class MatchTextAny(_Strict):
+    text_any: StrictStr
+
+
+class MatchPhrase(_Strict):
+    phrase: StrictStr
+
+
+class MatchPrefix(_Strict):
+    prefix: StrictStr
+
+
+class MatchSubstring(_Strict):
+    substring: StrictStr
+
+
+Match = Union[MatchValue, MatchAny, MatchExcept, MatchText, MatchTextAny, MatchPhrase, MatchPrefix, MatchSubstring]
+
+
+class Range(_Strict):
+    gt: number() | None = None
+    gte: number() | None = None
+    lt: number() | None = None
+    lte: number() | None = None
+
+
+class DatetimeRange(_Strict):
+    gt: DateTime | None = None
+    gte: DateTime | None = None
+    lt: DateTime | None = None
+    lte: DateTime | None = None
+
+
+class ValuesCount(_Strict):
+    gt: Count | None = None
+    gte: Count | None = None
+    lt: Count | None = None
+    lte: Count | None = None
+
+
+TESTS = ("match", "range", "values_count", "is_empty", "is_null")
+
+
+class FieldCondition(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [  # at least one test, not null
+        {"required": [k], "properties": {k: {"not": {"type": "null"}}}} for k in TESTS]})
+
+    key: Key
+    match: Match | None = None
+    range: Range | DatetimeRange | None = None
+    values_count: ValuesCount | None = None
+    is_empty: StrictBool | None = None
+    is_null: StrictBool | None = None
+
+    @pydantic.model_validator(mode="after")
+    def one_test(self) -> FieldCondition:
+        if all(getattr(self, k) is None for k in TESTS):
+            raise ValueError("a field condition needs one of match, range, values_count, is_empty, is_null")
+        return self
+
+
+class PayloadKey(_Strict):
+    key: Key
+
+
+class IsEmptyCondition(_Strict):
+    is_empty: PayloadKey
+
+
+class IsNullCondition(_Strict):
+    is_null: PayloadKey
+
+
+class Nested(_Strict):
+    key: Key
+    filter: PayloadFilter
+
+
+class NestedCondition(_Strict):
+    nested: Nested
+
+
+Condition = Union[FieldCondition, IsEmptyCondition, IsNullCondition, NestedCondition, "PayloadFilter"]
+
+
+class MinShould(_Strict):
+    conditions: list[Condition]
+    min_count: Count
+
+
+class PayloadFilter(_Strict):
+    """A Qdrant payload filter (its JSON syntax), limited to the conditions both store backends run."""
+
+    must: list[Condition] | Condition | None = None
+    should: list[Condition] | Condition | None = None
+    must_not: list[Condition] | Condition | None = None
+    min_should: MinShould | None = None
+
+    def to_qdrant(self) -> models.Filter:
+        return models.Filter.model_validate(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+Nested.model_rebuild()
+MinShould.model_rebuild()
+PayloadFilter.model_rebuild()
+
+
+def validate_filter(raw: dict | PayloadFilter | models.Filter | None) -> models.Filter | None:
     if raw is None or isinstance(raw, models.Filter):
         return raw
+    if isinstance(raw, PayloadFilter):
+        return raw.to_qdrant()
     if not isinstance(raw, dict):
         raise InvalidFilter(f"filter must be a JSON object, got {type(raw).__name__}")
     try:
@@ -33,7 +176,7 @@ def validate_filter(raw: dict | models.Filter | None) -> models.Filter | None:
         ) from None
 
 
-def parse_filter(raw: dict | models.Filter | None) -> models.Filter | None:
+def parse_filter(raw: dict | PayloadFilter | models.Filter | None) -> models.Filter | None:
     """Validate Qdrant filter JSON; `InvalidFilter` names the first problem, or what Edge cannot run."""
     parsed = validate_filter(raw)
     if parsed is not None:

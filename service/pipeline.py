@@ -31,25 +31,23 @@ from service.schemas import (
 )
 from service.setstats import mean_pairwise_distance, project_2d, vendi
 
+DEFAULT_K = 10  # fan-out vectors per query when a request names no number (the paper's K)
+MMR_CANDIDATES = 100  # fused items MMR chooses from when a request names no number
 GROUP_KEYS = ("artist", "category")  # the first payload field the items carry is counted as their groups
 
 
 def check_options(rt: Runtime, opts: FanoutOptions) -> None:
-    """Limits that depend on the settings and the artifact (the schema checks the static ones)."""
+    """Limits that depend on the settings and the artifacts (the OpenAPI document states the same ones)."""
     s = rt.settings
     for field, value in (("limit", opts.limit), ("limit_per_fanout", opts.limit_per_fanout)):
         if value > s.max_limit:
             raise InvalidInput(field, f"{field} must be <= {s.max_limit}")
-    if opts.mmr and opts.mmr.candidates > s.max_limit:
+    if opts.mmr and (opts.mmr.candidates or 0) > s.max_limit:
         raise InvalidInput("mmr.candidates", f"mmr.candidates must be <= {s.max_limit}")
-    if opts.k > s.max_k:
-        raise InvalidInput("k", f"k must be <= {s.max_k}")
-    if opts.strategy == "diffusion":
-        if rt.graph is None:
-            raise InvalidInput("strategy", "the diffusion strategy is off on this server (no fan-out graph: "
-                                           "set R4T_GRAPH)")
-        if opts.k > rt.graph.rows:
-            raise InvalidInput("k", f"k must be <= {rt.graph.rows}, the fan-out graph's rows")
+    if opts.k > rt.max_k:
+        raise InvalidInput("k", f"k must be <= {rt.max_k} (R4T_MAX_K, and the fan-out graph's rows)")
+    if opts.strategy == "diffusion" and rt.graph is None:
+        raise InvalidInput("strategy", "the diffusion strategy is off on this server (no fan-out graph: set R4T_GRAPH)")
     if opts.strategy == "llm" and rt.llm is None:
         raise InvalidInput("strategy", "the llm strategy is off on this server (set R4T_LLM_URL or R4T_LLM_POLICY)")
 
@@ -97,15 +95,15 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     """The whole online path for one or many queries; query i of a batch uses seed + i."""
     started = time.perf_counter()
     queries = [check_query(rt, q, field if field == "query" else f"{field}.{i}") for i, q in enumerate(queries)]
-    if opts.strategy is None:
-        opts = opts.model_copy(update={"strategy": rt.default.name})
+    opts = opts.model_copy(update={"strategy": opts.strategy or rt.default.name,
+                                   "k": opts.k or min(DEFAULT_K, rt.max_k)})
     check_options(rt, opts)
     seed = opts.seed if opts.seed is not None else secrets.randbits(31)
     seeds = [seed + i for i in range(len(queries))]
     timings: dict[str, float] = {}
     z, blocks, subqueries = await _vectors(rt, queries, opts, seeds, timings)
     resolve_started = time.perf_counter()
-    depth = opts.mmr.candidates if opts.mmr else opts.limit
+    depth = (opts.mmr.candidates or min(MMR_CANDIDATES, rt.settings.max_limit)) if opts.mmr else opts.limit
     fused = await run_in_threadpool(
         rt.resolver.resolve_many, blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
         opts.mmr is not None or opts.explain, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef,

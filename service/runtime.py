@@ -19,6 +19,7 @@ from service.llm import FanoutWriter, make_writer
 from service.manifest import SHARD_DIR, ArtifactError, IndexMeta
 from service.metrics import Metrics
 from service.resolver import Resolver
+from service.schemas import BLANK
 from service.settings import Settings
 from service.store import EdgeStore, ServerStore, Store
 
@@ -59,6 +60,11 @@ class Runtime:
     def strategies(self) -> list[str]:
         """The strategies this server can run."""
         return ["single"] + (["diffusion"] if self.graph else []) + (["llm"] if self.llm else [])
+
+    @property
+    def max_k(self) -> int:
+        """The largest k a request may ask for: R4T_MAX_K, and no more than the fan-out graph's rows."""
+        return min(self.settings.max_k, self.graph.rows) if self.graph else self.settings.max_k
 
     def strategy(self, requested: str | None) -> str:
         return requested or self.default.name
@@ -187,14 +193,14 @@ def load_runtime(settings: Settings) -> Runtime:
 
 
 def check_query(rt: Runtime, query: str, field: str = "query") -> str:
-    """The stripped query, or a 4xx naming `field`: empty, invalid Unicode, over the token limit."""
-    query = query.strip()
+    """The stripped query, or a 4xx naming `field`: over the length limit, blank, invalid Unicode."""
+    if len(query) > rt.settings.max_query_chars:
+        raise InvalidInput(field, f"{field} is longer than {rt.settings.max_query_chars} characters")
+    query = query.strip(BLANK)
     if not query:
         raise EmptyQuery(f"{field} is empty or only whitespace", field)
     try:
         query.encode("utf-8")  # JSON may escape a lone surrogate ("\ud800"); the tokenizer raises TypeError
     except UnicodeEncodeError:
         raise InvalidInput(field, f"{field} is not valid Unicode (it holds a lone surrogate)") from None
-    if rt.encoder.count_tokens(query) > rt.settings.max_query_tokens:
-        raise InvalidInput(field, f"{field} is longer than {rt.settings.max_query_tokens} tokens")
     return query

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from service.filters import PayloadFilter
+from service.jsontypes import integer, number
+
+# Characters a query may not consist of only (it is stripped of them; an empty query is a 400): Python's
+# str.isspace() and ECMA-262's \s together, spelled out so that every regex engine reads the schema alike.
+BLANK = "\t\n\x0b\x0c\r \x1c\x1d\x1e\x1f\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+NOT_BLANK = r"[^\x09-\x0d \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 
 
 class SearchRequest(BaseModel):
@@ -14,8 +23,8 @@ class SearchRequest(BaseModel):
     )
 
     query: str = Field(description="The broad intent, e.g. 'late night drive'")
-    limit: int = Field(10, ge=1, description="Items to return (at most R4T_MAX_LIMIT)")
-    filter: dict | None = Field(
+    limit: integer(1) = Field(10, description="Items to return (at most R4T_MAX_LIMIT)")
+    filter: PayloadFilter | None = Field(
         None,
         description="Qdrant payload filter, e.g. {'must': [{'key': 'artist', 'match': {'value': 'Drake'}}]}",
     )
@@ -96,8 +105,9 @@ class MMRParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    lambda_: float = Field(0.5, alias="lambda", ge=0, le=1, description="1 = relevance only, 0 = diversity only")
-    candidates: int = Field(100, ge=1, description="Fused items MMR chooses from (at most R4T_MAX_LIMIT)")
+    lambda_: number(0, 1) = Field(0.5, alias="lambda", description="1 = relevance only, 0 = diversity only")
+    candidates: integer(1) | None = Field(None, description="Fused items MMR chooses from (at most R4T_MAX_LIMIT); "
+                                                             "unset: 100, or R4T_MAX_LIMIT where that is smaller")
 
 
 class FanoutOptions(BaseModel):
@@ -105,21 +115,21 @@ class FanoutOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(10, ge=1, description="Fan-out vectors per query (diffusion: at most the graph's L rows)")
-    limit_per_fanout: int = Field(10, ge=1, description="Hits searched per fan-out vector")
-    limit: int = Field(10, ge=1, description="Items returned after fusion (at most R4T_MAX_LIMIT)")
+    k: integer(1) | None = Field(None, description="Fan-out vectors per query (at most R4T_MAX_K and the fan-out "
+                                                   "graph's rows); unset: 10, or that maximum where it is smaller")
+    limit_per_fanout: integer(1) = Field(10, description="Hits searched per fan-out vector (at most R4T_MAX_LIMIT)")
+    limit: integer(1) = Field(10, description="Items returned after fusion (at most R4T_MAX_LIMIT)")
     strategy: Strategy | None = Field(None, description="diffusion (one ONNX pass) | llm (fan-out LM) | "
                                                                "single (no fan-out); unset: the server's measured "
                                                                "default (/info default_strategy)")
     fusion: Fusion = Field("union", description="union: round robin over the fan-outs' ranks | rrf")
-    fill: bool = Field(True, description="When overlapping fan-outs fuse to fewer than `limit` items, search "
+    fill: StrictBool = Field(True, description="When overlapping fan-outs fuse to fewer than `limit` items, search "
                                          "those vectors deeper (doubling, up to `limit` each) until they do")
     mmr: MMRParams | None = None
-    filter: dict | None = Field(None, description="Qdrant payload filter applied to every fan-out search")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Noise / sampling seed; the response "
-                                                                  "echoes the one used")
-    return_vectors: bool = Field(False, description="Include the fan-out vectors in the response")
-    explain: bool = Field(False, description="Add `view`: the returned set's statistics and a 2-D map of its "
+    filter: PayloadFilter | None = Field(None, description="Qdrant payload filter applied to every fan-out search")
+    seed: integer(0) | None = Field(None, description="Noise / sampling seed; the response echoes the one used")
+    return_vectors: StrictBool = Field(False, description="Include the fan-out vectors in the response")
+    explain: StrictBool = Field(False, description="Add `view`: the returned set's statistics and a 2-D map of its "
                                              "items, fan-out vectors and query (what the playground draws)")
 
 
@@ -159,9 +169,9 @@ class Projection(BaseModel):
 
 class SetView(BaseModel):
     distinct_items: int
-    group_key: str | None = Field(description="The payload field counted as groups: artist (MPD), category "
-                                              "(Polyvore), or none")
-    distinct_groups: int | None
+    group_key: str | None = Field(None, description="The payload field counted as groups: artist (MPD), "
+                                                    "category (Polyvore); absent when the items carry neither")
+    distinct_groups: int | None = Field(None, description="Distinct values of group_key (absent with it)")
     vendi: float = Field(description="Vendi score (cosine kernel) of the returned items' vectors: 1 = one item "
                                      "repeated, n = n orthogonal items")
     mean_pairwise_distance: float = Field(description="1 − mean cosine over pairs of returned items")
@@ -184,3 +194,25 @@ class FanoutResponse(BaseModel):
 class BatchResponse(BaseModel):
     results: list[FanoutResponse]
     timings: dict[str, float]
+
+
+def state_limits(doc: dict, strategies: list[str], max_limit: int, max_k: int, max_batch_queries: int,
+                 max_query_chars: int) -> dict:
+    """Write the limits this server enforces into its OpenAPI document: the strategies it can run, the largest
+    limit, k and batch, the query's length and that it is not blank. The routes check the same values (422)."""
+    schemas = doc["components"]["schemas"]
+    query = {"minLength": 1, "maxLength": max_query_chars, "pattern": NOT_BLANK}
+    for name in ("SearchRequest", "FanoutRequest", "BatchRequest"):
+        props = schemas[name]["properties"]
+        props["limit"]["maximum"] = max_limit
+        if name != "SearchRequest":
+            props["limit_per_fanout"]["maximum"] = max_limit
+            props["k"]["anyOf"][0]["maximum"] = max_k
+            props["strategy"]["anyOf"][0]["enum"] = strategies
+        if name == "BatchRequest":
+            props["queries"]["items"].update(query)
+            props["queries"]["maxItems"] = max_batch_queries
+        else:
+            props["query"].update(query)
+    schemas["MMRParams"]["properties"]["candidates"]["anyOf"][0]["maximum"] = max_limit
+    return doc

@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per physical core")
     onnx_spin: bool = Field(True, description="Let idle intra-op threads spin (lower latency on dedicated cores; "
                                               "turn off where the cores are shared)")
-    max_query_tokens: int = Field(64, gt=0, description="Longer queries are rejected with 422")
-    max_limit: int = Field(1000, gt=0, description="Largest `limit` a request may ask for")
+    max_query_chars: int = Field(512, gt=0, description="Longer queries get 422 before they are tokenised; "
+                                                        "tokens beyond the encoder's max_len are cut, as offline")
+    max_limit: int = Field(1000, ge=10, description="Largest `limit` a request may ask for (at least the "
+                                                   "default, 10)")
     hnsw_ef: int | None = Field(None, gt=0, description="HNSW ef at search time; unset = store default")
     graph: str = Field("", description="Fan-out graph under <artifacts>/graphs/; default <dataset>-s4; "
                                        "'none' serves without the diffusion strategy")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,8 +15,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.manifest import ArtifactError
 from service.store import EdgeStore
+from tests.service.serving import ROOT, uvicorn_server
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
 
 
@@ -35,7 +32,7 @@ def probe_item(polyvore, encoder):
     counts = Counter(it.text.lower() for it in polyvore.items.values())
     return next(
         it for it in polyvore.items.values()
-        if counts[it.text.lower()] == 1 and len(it.text.split()) >= 4 and encoder.count_tokens(it.text) <= 32
+        if counts[it.text.lower()] == 1 and len(it.text.split()) >= 4 and len(encoder.tokenizer.encode(it.text).ids) <= 32
     )
 
 
@@ -130,11 +127,11 @@ def test_payload_filter_keeps_only_that_category(client, polyvore):
 # --- errors: 4xx problem+json naming the field, never 500 -----------------------------------------
 
 JEANS = {"key": "category", "match": {"value": "Jeans"}}
-LONG_QUERY = " ".join(["outfit", "boots", "velvet", "summer", "denim"] * 40)  # 200 words, ~200 tokens
+LONG_QUERY = " ".join(["outfit", "boots", "velvet", "summer", "denim"] * 40)  # 1,199 characters
 BAD_REQUESTS = {
     "empty query": ({"query": ""}, 400, "query"),
     "whitespace query": ({"query": "   "}, 400, "query"),
-    "query over the token limit": ({"query": LONG_QUERY}, 422, "query"),
+    "query over the length limit": ({"query": LONG_QUERY}, 422, "query"),
     "limit 0": ({"query": "boots", "limit": 0}, 422, "limit"),
     "limit above max_limit": ({"query": "boots", "limit": 1001}, 422, "limit"),
     "limit as a string": ({"query": "boots", "limit": "ten"}, 422, "limit"),
@@ -277,61 +274,20 @@ def test_index_in_use_by_another_server_refuses_to_start(client, settings):
 # --- a real uvicorn process, and a torch-free import ---------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, deadline_s: float = 60.0) -> None:
-    """Poll /readyz until 200; a bound on start-up, not a speed assert."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"uvicorn exited during start-up:\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"uvicorn was not ready within {deadline_s} s:\n{log_path.read_text(errors='replace')}")
-
-
 def test_real_uvicorn_process_serves_search_and_fanout(encoder_dir, graph_dir, index_copy, tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("R4T_")}
-    env |= {
-        "R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
-        "R4T_GRAPH_DIR": str(graph_dir),
-        "R4T_ONNX_THREADS": "1",  # a small CI box; one thread is plenty for a handful of queries
-        "HF_HUB_OFFLINE": "1",
-    }
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
-           "--host", "127.0.0.1", "--port", str(port)]
-    log_path = tmp_path / "uvicorn.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base, proc, log_path)
-            response = httpx.post(f"{base}/search", json={"query": "red summer dress", "limit": 3}, timeout=30)
-            assert response.status_code == 200, response.text
-            assert len(response.json()["items"]) == 3
-            info = httpx.get(f"{base}/info", timeout=30).json()
-            assert info["default_strategy"]["name"] == "single"  # the toy graph records no val check
-            body = {"query": "red summer dress", "limit": 5, "seed": 3, "strategy": "diffusion"}
-            first, second = (httpx.post(f"{base}/fanout", json=body, timeout=30) for _ in range(2))
-            assert first.status_code == 200, first.text
-            assert [it["id"] for it in first.json()["items"]] == [it["id"] for it in second.json()["items"]]
-            assert len(first.json()["items"]) == 5 and "sample;dur=" in first.headers["server-timing"]
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    env = {"R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
+           "R4T_GRAPH_DIR": str(graph_dir)}
+    with uvicorn_server(env, tmp_path / "uvicorn.log") as base:
+        response = httpx.post(f"{base}/search", json={"query": "red summer dress", "limit": 3}, timeout=30)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["items"]) == 3
+        info = httpx.get(f"{base}/info", timeout=30).json()
+        assert info["default_strategy"]["name"] == "single"  # the toy graph records no val check
+        body = {"query": "red summer dress", "limit": 5, "seed": 3, "strategy": "diffusion"}
+        first, second = (httpx.post(f"{base}/fanout", json=body, timeout=30) for _ in range(2))
+        assert first.status_code == 200, first.text
+        assert [it["id"] for it in first.json()["items"]] == [it["id"] for it in second.json()["items"]]
+        assert len(first.json()["items"]) == 5 and "sample;dur=" in first.headers["server-timing"]
 
 
 def test_importing_the_app_leaves_torch_out():
