@@ -352,7 +352,7 @@ def fanout_latency(
     sets = load_dataset(dataset, data_dir or default_data_dir()).split("val")[:queries]
     report = latency_report(lm, [s.intent for s in sets])
     report["command"] = "r4t " + shlex.join(sys.argv[1:])
-    from service.manifest import write_json_atomic
+    from service.atomic import write_json_atomic
 
     path = out / f"fanout_latency_{dataset}.json"
     write_json_atomic(path, report)
@@ -402,7 +402,7 @@ def fanout_gen_bench(
     out: Path = typer.Option(..., help="JSON report to write"),
 ) -> None:
     """LLM fan-out generation time per batch size: the LLM side of the paper's Figure 5."""
-    from service.manifest import write_json_atomic
+    from service.atomic import write_json_atomic
     from training.fanout.gen_bench import GenBenchConfig, bench_generate, load_for_timing
 
     cfg = GenBenchConfig(batches=tuple(int(b) for b in batches.split(",")), prompt_tokens=prompt_tokens,
@@ -576,7 +576,7 @@ def diffusion_diagnose(
         raise typer.BadParameter("give --pairs, --fanouts or both")
     if (model or transfer) and not pairs:
         raise typer.BadParameter("--model and --transfer are tested on pairs: give --pairs too")
-    from service.manifest import write_json_atomic
+    from service.atomic import write_json_atomic
     from training.data import default_data_dir, load_dataset
     from training.diffusion.diagnose import fanout_ceiling, neighbour_transfer, pairs_recall, query_use
     from training.diffusion.pairs import load_pairs

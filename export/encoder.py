@@ -17,16 +17,9 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+from service.atomic import replace_dir, write_json_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import (
-    MODEL_FILE,
-    EncoderInfo,
-    Manifest,
-    Parity,
-    hash_files,
-    replace_dir,
-    write_json_atomic,
-)
+from service.manifest import MODEL_FILE, EncoderInfo, Manifest, Parity, hash_files
 
 log = logging.getLogger(__name__)
 

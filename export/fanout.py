@@ -26,16 +26,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from export.encoder import OPSET, MeanPooledEncoder
-from service.manifest import (
-    MODEL_FILE,
-    FanoutInfo,
-    Manifest,
-    Parity,
-    hash_files,
-    load_manifest,
-    replace_dir,
-    write_json_atomic,
-)
+from service.atomic import replace_dir, write_json_atomic
+from service.manifest import MODEL_FILE, FanoutInfo, Manifest, Parity, hash_files, load_manifest
 from training.diffusion.model import SetDenoiser
 from training.diffusion.sampler import model_sigmas, sample
 

@@ -18,8 +18,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from export.encoder import OPSET, MeanPooledEncoder
+from service.atomic import replace_dir, write_json_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import MODEL_FILE, EncoderInfo, Manifest, Parity, hash_files, load_manifest, replace_dir, write_json_atomic
+from service.manifest import MODEL_FILE, EncoderInfo, Manifest, Parity, hash_files, load_manifest
 from training.space import Space, query_vectors, tiebreak
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,7 @@ def pairs(
     import numpy as np
 
     from export.cli import _start
-    from service.manifest import write_json_atomic
+    from service.atomic import write_json_atomic
     from training.diffusion.pairs import _save_npz
     from training.space import Space, TeacherConfig, teacher_pairs
 
@@ -129,7 +129,8 @@ def export(
     from export.cli import _start
     from export.fanout import FanoutExportConfig, export_fanout
     from export.space import load_head
-    from service.manifest import load_manifest, write_json_atomic
+    from service.atomic import write_json_atomic
+    from service.manifest import load_manifest
     from training.diffusion.pairs import read_report
     from training.diffusion.train import load_model
     from training.space import Space

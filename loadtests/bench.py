@@ -2,12 +2,15 @@
 
     python -m loadtests.bench latency --dataset mpd --strategies single,diffusion,llm --requests 500
     python -m loadtests.bench load --dataset mpd --strategies diffusion,single --rates 50,100,200
+    python -m loadtests.bench clients --dataset mpd --users 200 --seconds 60   # overload: 200s and 429s only
+    python -m loadtests.bench memory --dataset mpd   # peak RSS under the largest allowed batch requests
 
-Both start `uvicorn service.app:create_app` on a free loopback port (or use `--url`) and send real
-val/test intents. `latency` sends them to `/fanout` one strategy after another (closed loop at
+Each starts `uvicorn service.app:create_app` on a free loopback port (`latency` and `load` can use `--url`)
+and sends real val/test intents. `latency` sends them to `/fanout` one strategy after another (closed loop at
 `--concurrency`), records the client latency and the service's own stage times from `Server-Timing`,
 then times `/fanout/batch` over batch sizes. `load` drives locust (loadtests/locustfile.py) at fixed
-arrival rates per strategy. Each writes `<out>.json`, `<out>.md` and `<out>.png`.
+arrival rates per strategy; `clients` runs many closed-loop locust users; `memory` reads the service's
+VmHWM around its largest allowed requests. Each writes `<out>.json` and `<out>.md` (and a PNG where it plots).
 """
 
 from __future__ import annotations
@@ -419,6 +422,115 @@ def load(
               "saturation": saturation, "steps": steps, "sustained": sustained}
     write_load_report(report, out)
     typer.echo(f"wrote {out}.json, .md, .png")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The process's resident set now and at its peak (VmRSS, VmHWM from /proc), in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_kib": int(fields["VmRSS"].split()[0]), "peak_kib": int(fields["VmHWM"].split()[0])}
+
+
+@app.command()
+def memory(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd: whose val/test intents are sent"),
+    strategies: str = typer.Option("single,diffusion", help="Strategies of the largest batch"),
+    concurrent: int = typer.Option(2, help="Largest batches in flight at once (R4T_MAX_QUEUE admits 2 of 256)"),
+    out: Path = typer.Option(Path("results/service_memory"), help="Output prefix (.json, .md)"),
+) -> None:
+    """Peak resident memory of a service it starts, under the largest request its settings allow: a
+    /fanout/batch of R4T_MAX_BATCH_QUERIES intents at the largest k, limit and limit_per_fanout (MMR over
+    the most candidates and `explain` in the last round), `concurrent` of them at once."""
+    workdir = Path(tempfile.mkdtemp(prefix="r4t-memory-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc, url = start_server({"HF_HUB_OFFLINE": "1", "R4T_DATASET": dataset}, workdir / "server.log")
+    rounds = []
+    try:
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        limits = httpx.get(f"{url}/openapi.json", timeout=10).json()["components"]["schemas"]["BatchRequest"]
+        props = limits["properties"]
+        n, k, lim = props["queries"]["maxItems"], props["k"]["anyOf"][0]["maximum"], props["limit"]["maximum"]
+        queries = intents(dataset, n * concurrent)
+        rounds.append({"request": "none (ready)", **memory_kib(proc.pid), "statuses": [], "seconds": 0.0})
+        bodies = [(name, {"strategy": name, "k": k, "limit": lim, "limit_per_fanout": lim}) for name in
+                  strategies.split(",")]
+        bodies.append((bodies[-1][0] + " + mmr + explain", {**bodies[-1][1], "mmr": {"candidates": lim},
+                                                            "explain": True}))
+        with httpx.Client(timeout=600) as client:
+            for label, body in bodies:
+                def one(i: int) -> int:
+                    batch = {**body, "queries": queries[i * n:(i + 1) * n], "seed": i}
+                    return client.post(f"{url}/fanout/batch", json=batch).status_code
+
+                started = time.perf_counter()
+                with ThreadPoolExecutor(concurrent) as pool:
+                    statuses = list(pool.map(one, range(concurrent)))
+                rounds.append({"request": f"{concurrent} x /fanout/batch of {n} queries, {label}, k {k}, limit "
+                                          f"{lim}, limit_per_fanout {lim}", **memory_kib(proc.pid),
+                               "statuses": statuses, "seconds": round(time.perf_counter() - started, 2)})
+                typer.echo(f"{label}: statuses {statuses}, peak {rounds[-1]['peak_kib'] / 1024:.0f} MiB")
+    finally:
+        stop_server(proc)
+    report = {"dataset": dataset, "items": info["items"], "machine": machine(), "server_env": server_env(),
+              "command": " ".join(["python -m loadtests.bench memory", *sys.argv[2:]]), "rounds": rounds,
+              "peak_mib": round(max(r["peak_kib"] for r in rounds) / 1024, 1)}
+    (out.with_suffix(".json")).write_text(json.dumps(report, indent=2))
+    lines = [f"# Service memory under the largest allowed requests ({dataset}, {info['items']:,} items)", "",
+             f"Machine: {report['machine']}. Command: `{report['command']}`; {settings_line(report)}", "",
+             "Resident memory of the service process (VmRSS after the round, VmHWM = peak so far):", "",
+             "| after | statuses | seconds | RSS MiB | peak MiB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['request']} | {' '.join(map(str, r['statuses'])) or '-'} | {r['seconds']} | "
+              f"{r['rss_kib'] / 1024:.0f} | {r['peak_kib'] / 1024:.0f} |" for r in rounds]
+    (out.with_suffix(".md")).write_text("\n".join(lines) + "\n")
+    typer.echo(f"wrote {out}.json, .md: peak {report['peak_mib']} MiB")
+
+
+def failure_counts(prefix: Path) -> dict[str, int]:
+    """locust's failures by message ('HTTP 429': n, ...) from <prefix>_failures.csv."""
+    path = Path(f"{prefix}_failures.csv")
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        return {row["Error"]: int(row["Occurrences"]) for row in csv.DictReader(fh)}
+
+
+@app.command()
+def clients(
+    dataset: str = typer.Option("mpd", help="polyvore | mpd: whose val/test intents are sent"),
+    strategies: str = typer.Option("diffusion,single", help="Comma-separated /fanout strategies"),
+    users: int = typer.Option(200, help="Concurrent clients, each sending its next request on an answer"),
+    seconds: int = typer.Option(60, help="Duration per strategy"),
+    out: Path = typer.Option(Path("results/service_clients"), help="Output prefix (.json, .md)"),
+) -> None:
+    """Overload: `users` closed-loop clients for `seconds` per strategy against a service it starts: every
+    answer is a 200 or a 429 (the queue is full) and nothing else; the report counts both and the p99."""
+    workdir = Path(tempfile.mkdtemp(prefix="r4t-clients-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc, url = start_server({"HF_HUB_OFFLINE": "1", "R4T_DATASET": dataset}, workdir / "server.log")
+    runs = []
+    try:
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        for name in strategies.split(","):
+            run = locust_run(url, name, 0, seconds, dataset, workdir, users=users, server_pid=proc.pid)
+            errors = failure_counts(workdir / f"{name}-0-{users}")
+            run |= {"http_429": sum(n for e, n in errors.items() if "429" in e),
+                    "other_errors": sum(n for e, n in errors.items() if "429" not in e), "errors_by_kind": errors}
+            runs.append(run)
+            typer.echo(f"{name}: {run['requests']} requests, {run['rps']} rps, p99 {run['p99_ms']} ms, "
+                       f"{run['http_429']} x 429, {run['other_errors']} other errors")
+    finally:
+        stop_server(proc)
+    report = {"dataset": dataset, "items": info["items"], "machine": machine(), "server_env": server_env(),
+              "command": " ".join(["python -m loadtests.bench clients", *sys.argv[2:]]), "runs": runs}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [f"# {users} concurrent clients for {seconds} s per strategy ({dataset}, {info['items']:,} items)", "",
+             f"Machine: {report['machine']}. Command: `{report['command']}`; {settings_line(report)}", "",
+             "Closed loop: each client sends its next /fanout when the last one is answered. A full queue answers "
+             "429 with Retry-After (counted, not retried); any other non-200 is an error.", "",
+             "| strategy | requests | rps | p50 ms | p99 ms | 429 | other errors |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['strategy']} | {r['requests']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['http_429']} | "
+              f"{r['other_errors']} |" for r in runs]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    typer.echo(f"wrote {out}.json, .md")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import typer
 
-from service.manifest import write_text_atomic
+from service.atomic import write_text_atomic
 
 app = typer.Typer(add_completion=False)
 

@@ -1,4 +1,4 @@
-"""The FastAPI app: `create_app()` loads the runtime once in its lifespan; routes stay thin."""
+"""The FastAPI app: `create_app()` loads the runtime once in its lifespan; the routes are in `service.routes`."""
 
 from __future__ import annotations
 
@@ -9,42 +9,19 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from importlib import resources
-
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import errors
-from service.pipeline import fanout, search
-from service.runtime import Runtime, load_runtime
-from service.schemas import (
-    BatchRequest,
-    BatchResponse,
-    FanoutRequest,
-    FanoutResponse,
-    Info,
-    Readiness,
-    SearchRequest,
-    SearchResponse,
-    problem_responses,
-    state_limits,
-)
-
+from service import errors, routes
+from service.runtime import load_runtime
+from service.schemas import state_limits
 from service.settings import Settings
-
-POST_PROBLEMS = problem_responses(400, 413, 422, 429, 503, 504)
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("r4t.access")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what an X-Request-ID may hold to be echoed and logged
-
-
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
 
 
 def request_id(header: str | None) -> str:
@@ -56,10 +33,6 @@ def route_label(request: Request) -> str:
     """The matched route's template, so a scan of random paths adds no metric series."""
     route = request.scope.get("route")
     return getattr(route, "path", "unmatched")
-
-
-def server_timing(timings: dict[str, float]) -> str:
-    return ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timings.items())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -115,71 +88,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
-    page = resources.files("service").joinpath("static/playground.html").read_text()
-
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/playground")
-
-    @app.get("/playground", include_in_schema=False)
-    def playground() -> HTMLResponse:
-        """The playground page: two strategies side by side on one intent, through the public API."""
-        return HTMLResponse(page)
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", response_model=Readiness, responses=problem_responses(503))
-    def readyz(rt: Runtime = Depends(get_runtime)):
-        checks = {"artifact": rt.encoder is not None, "warm_up": rt.warmed_up, "store": rt.store.ping()}
-        body = Readiness(ready=all(checks.values()), checks=checks)
-        if not body.ready:
-            return errors.problem(503, "Not ready", ", ".join(k for k, v in checks.items() if not v),
-                                  checks=checks)
-        return body
-
-    @app.get("/info", response_model=Info)
-    def info(rt: Runtime = Depends(get_runtime)):
-        graph, private = rt.graph, {"encoder": {"source"}}  # names and sha256s only: no local filesystem path
-        return Info(manifest=rt.encoder.manifest.model_dump(exclude=private), provider=rt.encoder.provider,
-                    graph=graph and {"name": graph.directory.name, "provider": graph.provider,
-                                     "manifest": graph.manifest.model_dump(exclude=private)},
-                    strategies=rt.strategies, llm=rt.llm and rt.llm.name,
-                    index=rt.index and rt.index.model_dump(), items=rt.store.count(), dataset=rt.settings.dataset,
-                    default_strategy=rt.default._asdict())
-
-    @app.get("/metrics", response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text exposition format"}})
-    def metrics(rt: Runtime = Depends(get_runtime)) -> Response:
-        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/search", response_model=SearchResponse, responses=POST_PROBLEMS)
-    async def search_route(req: SearchRequest, rt: Runtime = Depends(get_runtime)):
-        """Single-query search (the no-fan-out baseline), through the encoder's micro-batcher."""
-        return await errors.within_deadline(search(rt, req), rt.deadline_s)
-
-    @app.post("/fanout", response_model=FanoutResponse, response_model_exclude_none=True, responses=POST_PROBLEMS)
-    async def fanout_route(req: FanoutRequest, request: Request, response: Response,
-                           rt: Runtime = Depends(get_runtime)):
-        """One broad query -> K fan-out vectors -> one batched store call -> fused items."""
-        request.state.strategy = rt.strategy(req.strategy)
-        (result,) = await errors.within_deadline(fanout(rt, [req.query], req), rt.deadline_s)
-        response.headers["Server-Timing"] = server_timing(result.timings)
-        return result
-
-    @app.post("/fanout/batch", response_model=BatchResponse, response_model_exclude_none=True,
-              responses=POST_PROBLEMS)
-    async def fanout_batch(req: BatchRequest, request: Request, response: Response,
-                           rt: Runtime = Depends(get_runtime)):
-        """Many queries through one ONNX run and one store call; query i uses seed + i."""
-        request.state.strategy = rt.strategy(req.strategy)
-        if len(req.queries) > rt.settings.max_batch_queries:
-            raise errors.InvalidInput("queries", f"at most {rt.settings.max_batch_queries} queries per batch")
-        results = await errors.within_deadline(fanout(rt, req.queries, req, field="queries"), rt.deadline_s)
-        timings = results[0].timings
-        response.headers["Server-Timing"] = server_timing(timings)
-        return BatchResponse(results=results, timings=timings)
-
+    app.include_router(routes.router)
     return app

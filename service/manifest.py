@@ -8,15 +8,12 @@ is missing, corrupt (sha256 mismatch) or does not fit the index it is asked to s
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -98,32 +95,6 @@ def hash_files(directory: Path) -> dict[str, str]:
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name != MANIFEST_FILE
     }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temp file and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp files are private; artifacts are read by other users
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON atomically, so a reader never sees half a file."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an older one is removed only after the swap."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_manifest(directory: Path, verify_files: bool = True) -> Manifest:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from service.atomic import write_json_atomic, write_text_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import write_json_atomic, write_text_atomic
 from service.store import Store
 from training.data import Dataset
 

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from service.atomic import write_json_atomic, write_text_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import write_json_atomic, write_text_atomic
 from service.resolver import Resolver, mmr
 from training import metrics
 from training.data import Dataset

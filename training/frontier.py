@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.manifest import write_json_atomic, write_text_atomic
+from service.atomic import write_json_atomic, write_text_atomic
 
 REFERENCES = ("no fan-out", "R4T-FOLM")
 FAMILIES = (("no fan-out", "no fan-out"), ("R4T-FOLM", "R4T-FOLM"), ("jittered", "jittered intent"),

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from service.atomic import replace_dir, write_json_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import INDEX_FILE, SHARD_DIR, IndexMeta, default_collection, replace_dir, write_json_atomic
+from service.manifest import INDEX_FILE, SHARD_DIR, IndexMeta, default_collection
 from service.store import EdgeStore, HnswSettings, ServerStore, Store
 from training.data import Dataset
 

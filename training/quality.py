@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.atomic import write_json_atomic, write_text_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import write_json_atomic, write_text_atomic
 from service.resolver import Resolver
 from training.data import Dataset
 from training.evaluate import (

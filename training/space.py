@@ -38,8 +38,8 @@ from sklearn.linear_model import Ridge
 from sklearn.utils.extmath import randomized_svd
 from tqdm import tqdm
 
+from service.atomic import replace_dir, write_json_atomic
 from service.encoder import OnnxEncoder
-from service.manifest import replace_dir, write_json_atomic
 from training.data import Dataset, ItemSet
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.manifest import write_json_atomic
+from service.atomic import write_json_atomic
 from training.data import Dataset
 
 log = logging.getLogger(__name__)

@@ -199,7 +199,7 @@ def test_unexpected_error_is_a_500_problem(client, monkeypatch):
     def broken(rt, req):
         raise RuntimeError("a bug, not bad input")
 
-    monkeypatch.setattr("service.app.search", broken)
+    monkeypatch.setattr("service.pipeline.search", broken)
     raw = TestClient(client.app, raise_server_exceptions=False)  # not entered: the lifespan already ran
     assert_problem(raw.post("/search", json={"query": "boots"}), 500)
 
@@ -252,7 +252,8 @@ def test_graph_whose_io_names_differ_from_its_manifest_is_refused(encoder_dir, t
     import shutil
 
     from service.encoder import OnnxEncoder
-    from service.manifest import MANIFEST_FILE, load_manifest, write_json_atomic
+    from service.atomic import write_json_atomic
+    from service.manifest import MANIFEST_FILE, load_manifest
 
     shutil.copytree(encoder_dir, tmp_path / "enc")
     manifest = load_manifest(tmp_path / "enc")

@@ -322,7 +322,8 @@ def test_graph_none_serves_without_diffusion(settings, index_copy):
 def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
     """Unset strategy: diffusion only where the graph's manifest records a val check no worse than single."""
     from service.graph import FanoutGraph
-    from service.manifest import load_manifest, write_json_atomic
+    from service.atomic import write_json_atomic
+    from service.manifest import load_manifest
     from service.runtime import default_strategy
 
     measured = settings.model_copy(update={"default_strategy": ""})

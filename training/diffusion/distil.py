@@ -135,7 +135,7 @@ def write_report(rows: list[dict], header: dict, out_dir: Path, stem: str) -> No
     """<stem>.json, .md and .png: Recall@N per split of the undistilled sampler and the student, by steps."""
     import matplotlib
 
-    from service.manifest import write_json_atomic, write_text_atomic
+    from service.atomic import write_json_atomic, write_text_atomic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

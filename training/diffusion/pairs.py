@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.manifest import write_json_atomic
+from service.atomic import write_json_atomic
 from training.data import Dataset
 from training.fanout.infer import FanoutLM
 from training.fanout.rewards import RewardModel

@@ -12,7 +12,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from service.manifest import write_json_atomic, write_text_atomic
+from service.atomic import write_json_atomic, write_text_atomic
 from training.diffusion.model import SetDenoiser
 from training.diffusion.sampler import model_sigmas, sample
 from training.evaluate import EvalConfig, Row, diffusion_strategy, score_split

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.manifest import write_json_atomic
+from service.atomic import write_json_atomic
 from training.diffusion.model import DiffusionConfig, SetDenoiser, count_parameters, edm_loss
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.manifest import write_json_atomic
+from service.atomic import write_json_atomic
 from training.data import Dataset
 from training.fanout.infer import FanoutLM, SampleConfig
 from service.parse import parse_fanout

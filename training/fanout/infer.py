@@ -102,7 +102,7 @@ def record_fanouts(lm: FanoutLM, queries: list[str], n: int, seeds: Sequence[int
     written atomically under `<out>.parts/`, so a run stopped part-way resumes from its last chunk;
     the parts are joined into `out` and removed at the end.
     """
-    from service.manifest import write_text_atomic
+    from service.atomic import write_text_atomic
 
     out = Path(out)
     unique = list(dict.fromkeys(queries))
