@@ -4,7 +4,8 @@
 `diffusion` runs the exported graph once for all queries of a micro-batch; `single` embeds the query
 (the no-fan-out baseline); `llm` asks the fan-out LM for sub-queries and embeds them. Every strategy
 resolves all of its vectors in ONE `Resolver.resolve_many` call (plus one per `fill` doubling for queries
-whose hits overlap), then MMR re-ranks when asked.
+whose hits overlap), then MMR re-ranks when asked; only a batch whose hits pass R4T_MAX_HITS_PER_CALL is
+split into several such calls, one after another.
 """
 
 from __future__ import annotations
@@ -104,28 +105,36 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     z, blocks, subqueries = await _vectors(rt, queries, opts, seeds, timings)
     resolve_started = time.perf_counter()
     depth = (opts.mmr.candidates or min(MMR_CANDIDATES, rt.settings.max_limit)) if opts.mmr else opts.limit
-    fused = await run_in_threadpool(
-        rt.resolver.resolve_many, blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
-        opts.mmr is not None or opts.explain, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef,
-    )
-    if opts.mmr:
-        fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]
+    # Hits per query: k rows searched limit_per_fanout deep, `fill` going down to `depth`. A batch is resolved
+    # in calls of at most R4T_MAX_HITS_PER_CALL hits, so memory stays bounded by it and not by the batch, and
+    # a request past its deadline starts no further call.
+    step = max(1, rt.settings.max_hits_per_call // (opts.k * max(opts.limit_per_fanout, depth)))
+    resolved = []
+    for lo in range(0, len(blocks), step):
+        resolved += await run_in_threadpool(_resolve, rt, z[lo:lo + step], blocks[lo:lo + step], opts, depth)
     timings["resolve"] = time.perf_counter() - resolve_started
     timings["total"] = time.perf_counter() - started
     ms = {k: round(1e3 * v, 3) for k, v in timings.items()}
     rt.metrics.observe_stages(opts.strategy, ms)
     return [
-        FanoutResponse(
-            query=q, strategy=opts.strategy, seed=seeds[i],
-            items=[FanoutItem(id=it.id, text=it.text, payload=it.payload, score=it.score,
-                              found_by=[(p.vector, p.rank) for p in it.found_by]) for it in fused[i]],
-            subqueries=subqueries[i] if subqueries else None,
-            fanouts=blocks[i].tolist() if opts.return_vectors else None,
-            view=set_view(z[i], blocks[i], fused[i]) if opts.explain else None,
-            timings=ms,
-        )
+        FanoutResponse(query=q, strategy=opts.strategy, seed=seeds[i], items=resolved[i][0],
+                       subqueries=subqueries[i] if subqueries else None,
+                       fanouts=blocks[i].tolist() if opts.return_vectors else None, view=resolved[i][1], timings=ms)
         for i, q in enumerate(queries)
     ]
+
+
+def _resolve(rt: Runtime, z: np.ndarray, blocks: list[np.ndarray], opts: FanoutOptions,
+             depth: int) -> list[tuple[list[FanoutItem], SetView | None]]:
+    """One store call for these queries' blocks, then MMR and the explained view (off the event loop)."""
+    fused = rt.resolver.resolve_many(blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
+                                     opts.mmr is not None or opts.explain, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef)
+    if opts.mmr:
+        fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]
+    return [([FanoutItem(id=it.id, text=it.text, payload=it.payload, score=it.score,
+                         found_by=[(p.vector, p.rank) for p in it.found_by]) for it in items],
+             set_view(z[i], blocks[i], items) if opts.explain else None)
+            for i, items in enumerate(fused)]
 
 
 async def search(rt: Runtime, req: SearchRequest) -> SearchResponse:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(256, gt=0, description="Queries one /fanout/batch request may carry "
                                                           "(at most max_queue)")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get 413")
+    max_hits_per_call: int = Field(100_000, gt=0, description="Hits one store call may return (queries × k × "
+                                                              "depth); a larger batch is resolved in several "
+                                                              "calls, so its memory stays bounded")
     onnx_workers: int = Field(1, gt=0, description="Threads that run ONNX sessions (the bounded executor)")
     llm_url: str | None = Field(None, description="OpenAI-compatible endpoint for the llm strategy, e.g. "
                                                   "http://localhost:8001/v1 (vLLM)")

@@ -141,6 +141,21 @@ def test_batch_is_one_onnx_run_and_query_i_uses_seed_plus_i(client):
     assert ids(alone) == ids(results[1])
 
 
+def test_a_batch_past_the_hit_budget_is_resolved_in_several_calls_with_the_same_answer(client, settings, index_copy):
+    body = {"queries": ["office chic", "beach wedding guest", "rainy day in the city"], "seed": 5, "k": 10,
+            "limit": 8, "limit_per_fanout": 10, "explain": True}
+    whole = client.post("/fanout/batch", json=body).json()["results"]
+    small = settings.model_copy(update={"max_hits_per_call": 100, "index_dir": index_copy})  # 1 query per call
+    with TestClient(create_app(small)) as split_client:
+        rt = split_client.app.state.runtime
+        calls, resolve_many = [], rt.resolver.resolve_many
+        rt.resolver.resolve_many = lambda blocks, *a, **kw: calls.append(len(blocks)) or resolve_many(blocks, *a, **kw)
+        split = split_client.post("/fanout/batch", json=body).json()["results"]
+    assert calls == [1, 1, 1]
+    assert [ids(r) for r in split] == [ids(r) for r in whole]
+    assert [r["view"] for r in split] == [r["view"] for r in whole]
+
+
 def test_concurrent_requests_share_onnx_runs(client):
     rt = client.app.state.runtime
     runs = metric(client, "r4t_batch_size_count", model="graph")
