@@ -236,3 +236,40 @@ def quality(
     extra["search"] = "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, int8 + HNSW)"
     measure(strategies, ds, space, cfg, out / f"quality_{dataset}", command, extra)
     typer.echo(f"{out}/quality_{dataset}.json")
+
+
+@space_app.command("memory")
+def memory(
+    dataset: str = typer.Option("mpd", help="A comember space's dataset"),
+    name: str = NAME_OPT,
+    weights: str = typer.Option("0.05,0.1,0.2,0.5", help="Weights of the neighbour sets' item memory"),
+    splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
+    out: Path = typer.Option(Path("results"), help="Directory of memory_<dataset>.{json,md}"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """`single` against `single` + the nearest train sets' item memory (exact, whole catalog) on every val and
+    test set: results/memory_<dataset>.{json,md}. Pick the weight on val, read it on test."""
+    from export.cli import _start
+    from service.encoder import OnnxEncoder
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.evaluate import single_strategy
+    from training.exact import ExactStore
+    from training.quality import QualityConfig, measure, memory_strategy
+    from training.space import Space
+
+    _start(dataset)
+    _, name, p = _paths(dataset, name, artifacts)
+    ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
+    if space.kind != "comember":
+        raise typer.BadParameter(f"{name} is a {space.kind} space: the memory needs train-set co-membership")
+    text, enc = OnnxEncoder(p["text"]), OnnxEncoder(p["encoder"])
+    res = Resolver(ExactStore.copy_of(EdgeStore.open(p["index"] / "shard"), list(ds.items), space.distance))
+    memories = {f"memory@{w:g}": memory_strategy(space, text, enc, res, w) for w in map(float, weights.split(","))}
+    strategies = {"single": single_strategy(enc, res, 10), **memories}
+    cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), jitter=(), vendi_runs=1)
+    command = "r4t " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    measure(strategies, ds, space, cfg, out / f"memory_{dataset}", command,
+            {"search": "exact: single on an in-memory copy of the index, memory@w by numpy over the space"})
+    typer.echo(f"{out}/memory_{dataset}.json")

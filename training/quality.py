@@ -31,7 +31,7 @@ from training.evaluate import (
     score_split,
 )
 from training.frontier import paired_difference
-from training.space import Space, TeacherConfig, nearest_sets, neighbour_targets
+from training.space import Space, TeacherConfig, nearest_sets, neighbour_targets, neighbour_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,32 @@ def teacher_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, reso
         return retrieve_blocks(resolver, rows, n)
 
     return Strategy("teacher", run, encoder, resolver, stochastic=cfg.samples > 1)
+
+
+def memory_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, resolver: Resolver,
+                    weight: float) -> Strategy:
+    """`single` plus the nearest train sets' item memory, scored exactly over the whole catalog (no fan-out):
+    score_i = z(q·v_i) + weight · z(Σ_j w_j [i ∈ set_j]), with the query head's own neighbour sets j and weights
+    w_j, z = divided by the standard deviation over the catalog. A better estimate of each item's chance of
+    being in the set than the factor score alone: the low-rank factors smooth away the sets' exact members."""
+    n_near = space.neighbours
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        near, sims = nearest_sets(space, text.encode(queries), n=n_near + 1, with_sims=True)
+        weights = neighbour_weights(sims, space.temperature, n_near)
+        out = []
+        for q, idx, w in zip(qv, near[:, :n_near], weights):
+            dense = space.items @ q
+            memory = np.asarray(space.members[idx].T @ w).ravel()
+            score = dense / max(dense.std(), 1e-12) + weight * memory / max(memory.std(), 1e-12)
+            top = np.argpartition(-score, n)[:n]
+            top = top[np.argsort(-score[top], kind="stable")]
+            items = [space.item_ids[i] for i in top]
+            out.append(Retrieval(vectors=q[None], nearest=np.array([float(dense[top[0]])]), items=items,
+                                 representatives=items[:10]))
+        return out
+
+    return Strategy(f"memory@{weight:g}", run, encoder, resolver)
 
 
 @dataclass(frozen=True)

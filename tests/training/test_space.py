@@ -188,3 +188,21 @@ def test_text_weighted_head_exports_with_parity(polyvore, encoder, encoder_dir, 
     assert manifest.config["space"]["text_weight"] == 0.5 and manifest.parity.max_abs_error <= 1e-4
     np.testing.assert_allclose(OnnxEncoder(tmp_path / "enc").encode(texts), query_vectors(space, encoder.encode(texts)),
                                atol=1e-4)
+
+
+def test_memory_strategy_adds_the_neighbour_sets_members_to_the_factor_score(space, mpd_slice, encoder):
+    from training.quality import memory_strategy
+
+    queries = [s.intent for s in mpd_slice.split("val")[:3]]
+    qv = query_vectors(space, encoder.encode(queries))
+    plain = memory_strategy(space, encoder, encoder, None, 0.0).run(queries, qv, 50, 0)
+    row = {item: i for i, item in enumerate(space.item_ids)}
+    for q, got in zip(qv, plain):  # weight 0: the factor score's own ranking (tied items in either order)
+        dense = space.items @ q
+        np.testing.assert_allclose(dense[[row[i] for i in got.items]], np.sort(dense)[::-1][:50], rtol=1e-6)
+    near, sims = nearest_sets(space, encoder.encode(queries), n=space.neighbours + 1, with_sims=True)
+    weights = neighbour_weights(sims, space.temperature, space.neighbours)
+    heavy = memory_strategy(space, encoder, encoder, None, 1e6).run(queries, qv, 50, 0)
+    for got, idx, w in zip(heavy, near, weights):  # the memory dominates: the best-weighted set's members first
+        best = space.members[idx[np.argmax(w)]].indices
+        assert got.items[0] in {space.item_ids[i] for i in best}
