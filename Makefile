@@ -12,7 +12,7 @@ ARTIFACTS ?= artifacts
 export R4T_ARTIFACTS_DIR := $(ARTIFACTS)
 SPACE := space-$(DATASET)
 SPACE_INDEX := $(ARTIFACTS)/index/$(DATASET)/$(SPACE)/index.json
-PAIRS := $(ARTIFACTS)/pairs/$(SPACE)-teacher/pairs-00000.npz
+PAIRS := $(ARTIFACTS)/pairs/$(SPACE)-teacher/synth.json
 MODEL := $(ARTIFACTS)/diffusion/$(SPACE)-teacher/model.pt
 GRAPH := $(ARTIFACTS)/graphs/$(SPACE)-s4/manifest.json
 

@@ -92,29 +92,17 @@ def pairs(
     artifacts: Optional[Path] = ARTIFACTS_OPT,
 ) -> None:
     """Neighbourhood-teacher pairs: every train intent -> K rows from the sets of the nearest *other* intents."""
-    import numpy as np
-
     from export.cli import _start
-    from service.atomic import write_json_atomic
-    from training.diffusion.pairs import _save_npz
-    from training.space import Space, TeacherConfig, teacher_pairs
+    from training.space import SYNTH_FILE, Space, TeacherConfig, write_teacher_pairs
 
     _start(dataset)
     _, name, p = _paths(dataset, name, artifacts)
-    out = p["pairs"] / "pairs-00000.npz"
-    if out.is_file():
-        typer.echo(f"{out} exists: nothing to do")
+    if (p["pairs"] / SYNTH_FILE).is_file():
+        typer.echo(f"{p['pairs']} is complete ({SYNTH_FILE}): nothing to do")
         return
     space, cfg = Space.load(p["space"]), TeacherConfig(blend=blend, samples=samples)
-    query, targets, ids = teacher_pairs(space, cfg)
-    p["pairs"].mkdir(parents=True, exist_ok=True)
-    index = {sid: j for j, sid in enumerate(space.set_ids)}
-    _save_npz(out, query=query, targets=targets, reward=np.ones(len(query), np.float32),
-              set_index=np.asarray([index[i] for i in ids], np.int64))
-    write_json_atomic(p["pairs"] / "synth.json", {"dataset": dataset, "task": "teacher", "space": name,
-                                                  "teacher": {"kind": "neighbourhood", **cfg.__dict__},
-                                                  "queries": len(space.set_ids), "pairs_total": len(query)})
-    typer.echo(f"{out}: {len(query)} pairs")
+    total = write_teacher_pairs(space, cfg, p["pairs"], {"dataset": dataset, "task": "teacher", "space": name})
+    typer.echo(f"{p['pairs']}: {total} pairs")
 
 
 @space_app.command("export")

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write text through a temp file and os.replace."""
@@ -36,3 +38,11 @@ def replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez through a temp file and os.replace: a shard is whole or absent, so a resumed run can trust it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)

@@ -38,13 +38,14 @@ from sklearn.linear_model import Ridge
 from sklearn.utils.extmath import randomized_svd
 from tqdm import tqdm
 
-from service.atomic import replace_dir, write_json_atomic
+from service.atomic import replace_dir, write_json_atomic, write_npz_atomic
 from service.encoder import OnnxEncoder
 from training.data import Dataset, ItemSet
 
 log = logging.getLogger(__name__)
 
 SPACE_FILE, SPACE_META, MEMBERS_FILE = "space.npz", "space.json", "members.npz"
+SYNTH_FILE = "synth.json"  # written last by a pair writer: the pairs directory is complete
 KINDS = ("comember", "text")
 TEXT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the grid `build_space` scores on val sets (text kind)
 SELECT_N = 100  # the recall cut-off that grid is scored at
@@ -297,15 +298,39 @@ def neighbour_targets(space: Space, query: np.ndarray, neighbours: np.ndarray, c
     return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def teacher_pairs(space: Space, cfg: TeacherConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every train intent -> (query (d,), targets (k, d)), its own set left out of both; samples per intent."""
-    emb, own = space.titles, space.set_ids  # the train titles and set ids, in train order
+def teacher_pairs(space: Space, cfg: TeacherConfig, rows: range | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Train intents `rows` (default all) -> (query (d,), targets (k, d)), each one's own set left out of both;
+    `samples` pairs per intent."""
+    rows = rows if rows is not None else range(len(space.set_ids))
+    emb, own = space.titles[rows.start:rows.stop], space.set_ids[rows.start:rows.stop]  # train order
     near = nearest_sets(space, emb, exclude=own, n=cfg.neighbours)
     q = query_vectors(space, emb, exclude=own)
     queries, targets, ids = [], [], []
-    for b in tqdm(range(len(own)), desc="teacher pairs", unit="intent"):
+    for b in tqdm(range(len(own)), desc=f"teacher pairs {rows.start}-{rows.stop}", unit="intent"):
         for r in range(cfg.samples):
             queries.append(q[b])
             targets.append(neighbour_targets(space, q[b], near[b], cfg, seed=r))
             ids.append(own[b])
     return np.stack(queries), np.stack(targets), ids
+
+
+def write_teacher_pairs(space: Space, cfg: TeacherConfig, out_dir: Path, meta: dict, shard: int = 1000) -> int:
+    """Every train intent's pairs as pairs-<i>.npz shards of `shard` intents, each written atomically, then
+    `SYNTH_FILE` last; a killed run resumes at the first missing shard (the pairs are deterministic).
+    Returns the number of pairs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = {sid: j for j, sid in enumerate(space.set_ids)}
+    total = 0
+    for i, start in enumerate(range(0, len(space.set_ids), shard)):
+        path = out_dir / f"pairs-{i:05d}.npz"
+        if path.is_file():
+            total += len(np.load(path)["reward"])
+            continue
+        query, targets, ids = teacher_pairs(space, cfg, range(start, min(start + shard, len(space.set_ids))))
+        write_npz_atomic(path, query=query, targets=targets, reward=np.ones(len(query), np.float32),
+                  set_index=np.asarray([index[s] for s in ids], np.int64))
+        total += len(query)
+    write_json_atomic(out_dir / SYNTH_FILE, {**meta, "teacher": {"kind": "neighbourhood", **cfg.__dict__},
+                                             "queries": len(space.set_ids), "pairs_total": total, "shard": shard})
+    return total

@@ -206,3 +206,23 @@ def test_memory_strategy_adds_the_neighbour_sets_members_to_the_factor_score(spa
     for got, idx, w in zip(heavy, near, weights):  # the memory dominates: the best-weighted set's members first
         best = space.members[idx[np.argmax(w)]].indices
         assert got.items[0] in {space.item_ids[i] for i in best}
+
+
+def test_teacher_pairs_resume_after_a_kill_with_none_missing_or_twice(space, tmp_path):
+    from training.space import SYNTH_FILE, write_teacher_pairs
+
+    cfg, meta = TeacherConfig(k=3, samples=2, neighbours=5), {"task": "teacher"}
+    whole = tmp_path / "whole"
+    total = write_teacher_pairs(space, cfg, whole, meta, shard=40)
+    shards = sorted(whole.glob("pairs-*.npz"))
+    assert len(shards) == -(-len(space.set_ids) // 40) > 2 and total == 2 * len(space.set_ids)
+    killed = tmp_path / "killed"  # killed after its first shard: only that one (atomic) file is there
+    write_teacher_pairs(space, cfg, killed, meta, shard=40)
+    for path in sorted(killed.glob("pairs-*.npz"))[1:] + [killed / SYNTH_FILE]:
+        path.unlink()
+    assert write_teacher_pairs(space, cfg, killed, meta, shard=40) == total
+    set_index = np.concatenate([np.load(p)["set_index"] for p in sorted(killed.glob("pairs-*.npz"))])
+    assert np.array_equal(np.sort(set_index), np.repeat(np.arange(len(space.set_ids)), 2))
+    for a, b in zip(shards, sorted(killed.glob("pairs-*.npz"))):
+        x, y = np.load(a), np.load(b)
+        assert all(np.array_equal(x[key], y[key]) for key in ("query", "targets", "set_index"))

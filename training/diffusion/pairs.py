@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.atomic import write_json_atomic
+from service.atomic import write_json_atomic, write_npz_atomic
 from training.data import Dataset
 from training.fanout.infer import FanoutLM
 from training.fanout.rewards import RewardModel
@@ -67,13 +65,6 @@ def successful(totals: list[float], min_reward: float = 0.0, recalls: list[float
     if min_recall is None:
         return [t > min_reward and t >= bar for t in totals]
     return [t > min_reward and t >= bar and r > min_recall for t, r in zip(totals, recalls)]
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
 
 
 def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Path, cfg: SynthConfig) -> dict:
@@ -118,7 +109,7 @@ def synthesize(lm: FanoutLM, rewards: RewardModel, dataset: Dataset, out_dir: Pa
         stats["parsed"] += sum(f.ok for _, f in flat)
         stats["kept"] += len(q_out)
         d = rewards.encoder.dim
-        _save_npz(path, query=np.asarray(q_out, np.float32).reshape(-1, d),
+        write_npz_atomic(path, query=np.asarray(q_out, np.float32).reshape(-1, d),
                   targets=np.asarray(t_out, np.float32).reshape(-1, cfg.rows, d),
                   reward=np.asarray(r_out, np.float32), set_index=np.asarray(i_out, np.int64))
     report = {"dataset": dataset.name, "task": task, "policy": lm.name, "queries": len(sets),
@@ -146,7 +137,7 @@ def reference_pairs(encoder, store, dataset: Dataset, out_dir: Path, rows: int =
     vectors = store.fetch_vectors([i for c in chosen for i in c])
     bounds = np.cumsum([0, *map(len, chosen)])
     targets = [pad_rows(vectors[a:b], rows, rng) for a, b in zip(bounds[:-1], bounds[1:])]
-    _save_npz(out_dir / "pairs-00000.npz", query=encoder.encode([s.intent for s in sets]).astype(np.float32),
+    write_npz_atomic(out_dir / "pairs-00000.npz", query=encoder.encode([s.intent for s in sets]).astype(np.float32),
               targets=np.asarray(targets, np.float32), reward=np.ones(len(sets), np.float32),
               set_index=np.asarray(index, np.int64))
     report = {"dataset": dataset.name, "task": "reference", "policy": None, "queries": len(sets),
