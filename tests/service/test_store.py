@@ -323,3 +323,29 @@ def test_upsert_overwrites_by_item_id(tmp_path):
     [hits] = store.search_batch(vectors[1:2], limit=2)
     assert {h.payload["text"] for h in hits} == {"replaced", payloads[1]["text"]}
     store.close()
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_the_request_schema_admits_every_filter_both_backends_run(name):
+    """The API's typed filter is no stricter than the stores: each filter above passes it unchanged."""
+    from service.filters import PayloadFilter
+
+    flt = FILTERS[name][0]
+    assert PayloadFilter.model_validate(flt).to_qdrant() == parse_filter(flt)
+
+
+@pytest.mark.parametrize("bad", [
+    {"must": [{"key": "artist", "matc": {"value": "Drake"}}]},
+    {"must": [{"key": "artist"}]},
+    {"must": [{"key": "year", "range": {"gte": "soon"}}]},
+    {"must": [{"key": "loc", "geo_radius": {"center": {"lon": 0, "lat": 0}, "radius": 1.0}}]},
+    {"must": [{"key": "a b", "match": {"value": "x"}}]},
+    {"must": [{"key": "n", "match": {"value": 2**63}}]},
+])
+def test_the_request_schema_refuses_what_a_backend_refuses(bad):
+    from pydantic import ValidationError
+
+    from service.filters import PayloadFilter
+
+    with pytest.raises(ValidationError):
+        PayloadFilter.model_validate(bad)
