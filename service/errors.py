@@ -101,8 +101,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LLMUnavailable)
     async def llm_down(request: Request, exc: LLMUnavailable):
-        log.warning("llm unavailable: %s", exc)
-        return problem(503, "LLM fan-out unavailable", str(exc))
+        log.warning("llm unavailable: %s", exc)  # it names the endpoint's URL: log only
+        return problem(503, "LLM fan-out unavailable", "the LLM fan-out writer does not answer; retry later, or "
+                                                       "use another strategy")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

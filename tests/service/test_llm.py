@@ -98,8 +98,11 @@ def test_openai_endpoint_backs_the_llm_strategy(settings, index_copy, chat_serve
         body = client.post("/fanout", json={"query": "office chic", "strategy": "llm"}).json()
         assert body["subqueries"] == ["velvet blazer"]
 
-        chat_server.answer = None  # the endpoint fails: 503, not 500
-        assert_problem(client.post("/fanout", json={"query": "office chic", "strategy": "llm"}), 503)
+        chat_server.answer = None  # the endpoint fails: 503, not 500, without its URL; other strategies serve on
+        down = assert_problem(client.post("/fanout", json={"query": "office chic", "strategy": "llm"}), 503)
+        assert "127.0.0.1" not in str(down) and "v1" not in str(down)
+        assert client.post("/fanout", json={"query": "office chic", "strategy": "single"}).status_code == 200
+        assert client.get("/readyz").status_code == 200
 
 
 def test_a_full_llm_queue_answers_429_with_retry_after_and_drains(settings, index_copy, chat_server):
