@@ -8,11 +8,12 @@ different one rebuilds into a temp directory that replaces the old one only when
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import resource
 import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from service.manifest import INDEX_FILE, SHARD_DIR, IndexMeta, default_collectio
 from service.store import EdgeStore, HnswSettings, ServerStore, Store
 from training.data import Dataset
 
+PROGRESS_FILE = "progress.json"  # in a partial build: how many items its shard holds, for which catalog
 log = logging.getLogger(__name__)
 
 
@@ -59,24 +61,55 @@ def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> IndexMeta:
     return meta
 
 
-def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: IndexConfig, space=None) -> None:
-    """Embed every item in batches (progress bar), or take its vector from `space`, and upsert with payloads."""
+def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: IndexConfig, space=None,
+                     start: int = 0, done: Callable[[int], None] | None = None) -> None:
+    """Embed every item from `start` on in batches (progress bar), or take its vector from `space`, and upsert
+    with payloads; `done(n)` after each upserted (flushed) chunk, n = items stored so far."""
     items = list(dataset.items.values())
     row = {i: j for j, i in enumerate(space.item_ids)} if space is not None else None
-    bar = tqdm(total=len(items), desc=f"index {dataset.name}", unit="item")
-    for start in range(0, len(items), cfg.upsert_every):
-        chunk = items[start : start + cfg.upsert_every]
+    bar = tqdm(total=len(items), initial=start, desc=f"index {dataset.name}", unit="item")
+    for lo in range(start, len(items), cfg.upsert_every):
+        chunk = items[lo : lo + cfg.upsert_every]
         if row is None:
             vectors = encoder.encode([it.text for it in chunk], batch_size=cfg.batch_size)  # (n, D)
         else:
             vectors = space.items[[row[it.id] for it in chunk]]  # (n, k)
         store.upsert([it.id for it in chunk], vectors, [{"text": it.text, **it.payload} for it in chunk])
         bar.update(len(chunk))
+        if done is not None:
+            done(lo + len(chunk))
     bar.close()
 
 
+def _edge_build(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: IndexConfig, space, fresh: IndexMeta,
+                meta: dict) -> Path:
+    """Build the Edge shard in `.<name>.partial` beside `index_dir`, recording after each chunk how many items it
+    holds; a killed build of the same catalog and encoder resumes there. Returns the finished directory."""
+    partial = index_dir.parent / f".{index_dir.name}.partial"
+    progress = partial / PROGRESS_FILE
+    state = json.loads(progress.read_text()) if progress.is_file() else {}
+    if state.get("identity") == fresh.identity() and (partial / SHARD_DIR).is_dir():
+        store, start = EdgeStore.open(partial / SHARD_DIR), state["items"]
+        log.info("resuming the index build in %s at item %d", partial, start)
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(mode=0o755)
+        store, start = EdgeStore.create(partial / SHARD_DIR, encoder.dim, distance=fresh.distance), 0
+    try:
+        embed_and_upsert(dataset, encoder, store, cfg, space, start,
+                         done=lambda n: write_json_atomic(progress, {"identity": fresh.identity(), "items": n}))
+        t_opt = time.perf_counter()
+        store.optimize()  # builds the HNSW graph; searches before this are brute force
+        meta["optimize_s"] = round(time.perf_counter() - t_opt, 2)
+        meta["resumed_at"] = start
+    finally:
+        store.close()  # a killed build leaves the shard (and its progress) for the next run, never its lock
+    progress.unlink()
+    return partial
+
+
 def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: IndexConfig, space=None) -> dict:
-    """Build (or keep) the index of `dataset`; returns index.json's content plus timings.
+    """Build (or keep, or resume) the index of `dataset`; returns index.json's content plus timings.
 
     With a `space` (`training.space.Space`), items are stored as the space's vectors under its distance and
     `encoder` is the space's query encoder.
@@ -99,18 +132,7 @@ def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
         tmp = None
     else:
         index_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=f".{index_dir.name}."))
-        tmp.chmod(0o755)
-        try:
-            store = EdgeStore.create(tmp / SHARD_DIR, encoder.dim, distance=distance)
-            embed_and_upsert(dataset, encoder, store, cfg, space)
-            t_opt = time.perf_counter()
-            store.optimize()  # builds the HNSW graph; searches before this are brute force
-            meta["optimize_s"] = round(time.perf_counter() - t_opt, 2)
-            store.close()
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        tmp = _edge_build(dataset, encoder, index_dir, cfg, space, fresh, meta)
     meta["build_s"] = round(time.perf_counter() - started, 2)
     meta["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     if tmp is not None:

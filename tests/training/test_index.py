@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from service.manifest import IndexMeta
 from service.store import EdgeStore, ServerStore
 from training.index import INDEX_FILE, SHARD_DIR, IndexConfig, build_index
 
@@ -65,3 +66,43 @@ def test_edge_and_server_backends_agree_on_real_vectors(polyvore, encoder, tmp_p
             tied = np.isclose(scores, scores[rank], atol=1e-6).sum() > 1
             assert a.id == b.id or tied
     assert np.allclose(edge.fetch_vectors([items[3].id]), vectors[3:4], atol=1e-6)
+
+
+def test_a_killed_build_resumes_where_it_stopped_and_ends_as_a_fresh_one(polyvore, encoder, built, tmp_path):
+    class Killed(BaseException):  # what a SIGINT looks like to the build: not an Exception
+        pass
+
+    class KilledAfter:
+        """The encoder, killed in its `calls`-th encode; counts the texts it embedded."""
+
+        def __init__(self, calls: int | None):
+            self.calls, self.texts = calls, 0
+
+        def __getattr__(self, name):
+            return getattr(encoder, name)
+
+        def encode(self, texts, batch_size=128):
+            if self.calls is not None:
+                self.calls -= 1
+                if self.calls == 0:
+                    raise Killed
+            self.texts += len(texts)
+            return encoder.encode(texts, batch_size=batch_size)
+
+    index_dir, cfg = tmp_path / "polyvore", IndexConfig(upsert_every=200)
+    with pytest.raises(Killed):
+        build_index(polyvore, KilledAfter(3), index_dir, cfg)  # two chunks (400 items) stored, then killed
+    assert not index_dir.exists() and (tmp_path / ".polyvore.partial" / "progress.json").is_file()
+    resumed = KilledAfter(None)
+    meta = build_index(polyvore, resumed, index_dir, cfg)
+    assert meta["resumed_at"] == 400 and resumed.texts == len(polyvore.items) - 400  # nothing embedded twice
+    assert not (tmp_path / ".polyvore.partial").exists() and IndexMeta.read(index_dir).items == len(polyvore.items)
+    store, fresh = EdgeStore.open(index_dir / SHARD_DIR), EdgeStore.open(built[0] / SHARD_DIR)
+    try:
+        assert store.count() == fresh.count() == len(polyvore.items)
+        q = encoder.encode(["red summer dress", "black leather boots"])
+        got, want = (s.search_batch(q, limit=10, exact=True) for s in (store, fresh))
+        assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]
+    finally:
+        store.close()
+        fresh.close()
