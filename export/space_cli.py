@@ -44,6 +44,22 @@ def _dataset(dataset: str, data_dir: Path | None):
     return load_dataset(dataset, data_dir or default_data_dir())
 
 
+def _exact_copy(index_dir: Path, ds, distance: str):
+    """An exact in-memory copy of an Edge index (what the reports score on), the shard closed again."""
+    from service.store import EdgeStore
+    from training.exact import ExactStore
+
+    store = EdgeStore.open(index_dir / "shard")
+    try:
+        return ExactStore.copy_of(store, list(ds.items), distance)
+    finally:
+        store.close()
+
+
+def _command() -> str:
+    return "r4t " + shlex.join(sys.argv[1:])
+
+
 @space_app.command("build")
 def build(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),
@@ -148,18 +164,11 @@ def _val_check(ds, p) -> dict:
     from service.encoder import OnnxEncoder
     from service.graph import FanoutGraph
     from service.resolver import Resolver
-    from service.store import EdgeStore
     from training.evaluate import EvalConfig, graph_strategy, score_split, single_strategy
-    from training.exact import ExactStore
     from training.frontier import paired_difference
     from training.space import Space
 
-    enc, store = OnnxEncoder(p["encoder"]), EdgeStore.open(p["index"] / "shard")
-    try:
-        exact = ExactStore.copy_of(store, list(ds.items), Space.load(p["space"]).distance)
-    finally:
-        store.close()
-    res = Resolver(exact)
+    enc, res = OnnxEncoder(p["encoder"]), Resolver(_exact_copy(p["index"], ds, Space.load(p["space"]).distance))
     cfg = EvalConfig(dataset=ds.name, splits=("val",), vendi_runs=1)
     single = score_split(single_strategy(enc, res, cfg.k), ds, "val", cfg)
     graph = score_split(graph_strategy("diffusion", FanoutGraph(p["graph"]), enc, res), ds, "val", cfg)
@@ -203,12 +212,10 @@ def quality(
                         jitter=tuple(float(s) for s in jitter.split(",") if s), vendi_runs=vendi_runs,
                         max_queries=max_queries)
     text, enc = OnnxEncoder(p["text"]), OnnxEncoder(p["encoder"])
-    stores = [EdgeStore.open(p["text_index"] / "shard"), EdgeStore.open(p["index"] / "shard")]
     if exact:
-        from training.exact import ExactStore
-
-        ids = list(ds.items)
-        stores = [ExactStore.copy_of(stores[0], ids, "cosine"), ExactStore.copy_of(stores[1], ids, space.distance)]
+        stores = [_exact_copy(p["text_index"], ds, "cosine"), _exact_copy(p["index"], ds, space.distance)]
+    else:
+        stores = [EdgeStore.open(p["text_index"] / "shard"), EdgeStore.open(p["index"] / "shard")]
     base, res = Resolver(stores[0]), Resolver(stores[1])
     strategies = {"single_base": single_strategy(text, base, 10), "single": single_strategy(enc, res, 10),
                   "popular": popular_strategy(ds, enc, res), "neighbours": neighbour_sets_strategy(text, base, ds, 10),
@@ -220,7 +227,7 @@ def quality(
         extra = {"graph": graph.manifest.config.get("provenance", {}) | {"steps": graph.info.steps}}
     else:
         extra = {"graph": None}
-    command = "r4t " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command()
     extra["search"] = "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, int8 + HNSW)"
     measure(strategies, ds, space, cfg, out / f"quality_{dataset}", command, extra)
     typer.echo(f"{out}/quality_{dataset}.json")
@@ -241,9 +248,7 @@ def memory(
     from export.cli import _start
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
-    from service.store import EdgeStore
     from training.evaluate import single_strategy
-    from training.exact import ExactStore
     from training.quality import QualityConfig, measure, memory_strategy
     from training.space import Space
 
@@ -253,11 +258,10 @@ def memory(
     if space.kind != "comember":
         raise typer.BadParameter(f"{name} is a {space.kind} space: the memory needs train-set co-membership")
     text, enc = OnnxEncoder(p["text"]), OnnxEncoder(p["encoder"])
-    res = Resolver(ExactStore.copy_of(EdgeStore.open(p["index"] / "shard"), list(ds.items), space.distance))
+    res = Resolver(_exact_copy(p["index"], ds, space.distance))
     memories = {f"memory@{w:g}": memory_strategy(space, text, enc, res, w) for w in map(float, weights.split(","))}
     strategies = {"single": single_strategy(enc, res, 10), **memories}
     cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), jitter=(), vendi_runs=1)
-    command = "r4t " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    measure(strategies, ds, space, cfg, out / f"memory_{dataset}", command,
+    measure(strategies, ds, space, cfg, out / f"memory_{dataset}", _command(),
             {"search": "exact: single on an in-memory copy of the index, memory@w by numpy over the space"})
     typer.echo(f"{out}/memory_{dataset}.json")

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -424,6 +425,27 @@ def load(
     typer.echo(f"wrote {out}.json, .md, .png")
 
 
+@contextmanager
+def own_server(dataset: str, name: str):
+    """A service this run starts for `dataset` (the R4T_* environment passes on): yields (process, url, /info,
+    a work directory); stopped on the way out."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"r4t-{name}-"))
+    proc, url = start_server({"HF_HUB_OFFLINE": "1", "R4T_DATASET": dataset}, workdir / "server.log")
+    try:
+        yield proc, url, httpx.get(f"{url}/info", timeout=10).json(), workdir
+    finally:
+        stop_server(proc)
+
+
+def write_report(report: dict, out: Path, title: str, body: list[str]) -> None:
+    """<out>.json and <out>.md: the title, machine, command and service settings, then `body`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    head = [f"# {title}", "", f"Machine: {report['machine']}. Command: `{report['command']}`; {settings_line(report)}",
+            ""]
+    out.with_suffix(".md").write_text("\n".join(head + body) + "\n")
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """The process's resident set now and at its peak (VmRSS, VmHWM from /proc), in KiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -440,14 +462,10 @@ def memory(
     """Peak resident memory of a service it starts, under the largest request its settings allow: a
     /fanout/batch of R4T_MAX_BATCH_QUERIES intents at the largest k, limit and limit_per_fanout (MMR over
     the most candidates and `explain` in the last round), `concurrent` of them at once."""
-    workdir = Path(tempfile.mkdtemp(prefix="r4t-memory-"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    proc, url = start_server({"HF_HUB_OFFLINE": "1", "R4T_DATASET": dataset}, workdir / "server.log")
     rounds = []
-    try:
-        info = httpx.get(f"{url}/info", timeout=10).json()
-        limits = httpx.get(f"{url}/openapi.json", timeout=10).json()["components"]["schemas"]["BatchRequest"]
-        props = limits["properties"]
+    with own_server(dataset, "memory") as (proc, url, info, _):
+        props = httpx.get(f"{url}/openapi.json", timeout=10).json()["components"]["schemas"]["BatchRequest"][
+            "properties"]
         n, k, lim = props["queries"]["maxItems"], props["k"]["anyOf"][0]["maximum"], props["limit"]["maximum"]
         queries = intents(dataset, n * concurrent)
         rounds.append({"request": "none (ready)", **memory_kib(proc.pid), "statuses": [], "seconds": 0.0})
@@ -468,19 +486,15 @@ def memory(
                                           f"{lim}, limit_per_fanout {lim}", **memory_kib(proc.pid),
                                "statuses": statuses, "seconds": round(time.perf_counter() - started, 2)})
                 typer.echo(f"{label}: statuses {statuses}, peak {rounds[-1]['peak_kib'] / 1024:.0f} MiB")
-    finally:
-        stop_server(proc)
     report = {"dataset": dataset, "items": info["items"], "machine": machine(), "server_env": server_env(),
               "command": " ".join(["python -m loadtests.bench memory", *sys.argv[2:]]), "rounds": rounds,
               "peak_mib": round(max(r["peak_kib"] for r in rounds) / 1024, 1)}
-    (out.with_suffix(".json")).write_text(json.dumps(report, indent=2))
-    lines = [f"# Service memory under the largest allowed requests ({dataset}, {info['items']:,} items)", "",
-             f"Machine: {report['machine']}. Command: `{report['command']}`; {settings_line(report)}", "",
-             "Resident memory of the service process (VmRSS after the round, VmHWM = peak so far):", "",
-             "| after | statuses | seconds | RSS MiB | peak MiB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['request']} | {' '.join(map(str, r['statuses'])) or '-'} | {r['seconds']} | "
-              f"{r['rss_kib'] / 1024:.0f} | {r['peak_kib'] / 1024:.0f} |" for r in rounds]
-    (out.with_suffix(".md")).write_text("\n".join(lines) + "\n")
+    body = ["Resident memory of the service process (VmRSS after the round, VmHWM = peak so far):", "",
+            "| after | statuses | seconds | RSS MiB | peak MiB |", "|---|---|---|---|---|"]
+    body += [f"| {r['request']} | {' '.join(map(str, r['statuses'])) or '-'} | {r['seconds']} | "
+             f"{r['rss_kib'] / 1024:.0f} | {r['peak_kib'] / 1024:.0f} |" for r in rounds]
+    write_report(report, out, f"Service memory under the largest allowed requests ({dataset}, {info['items']:,} "
+                              "items)", body)
     typer.echo(f"wrote {out}.json, .md: peak {report['peak_mib']} MiB")
 
 
@@ -503,12 +517,8 @@ def clients(
 ) -> None:
     """Overload: `users` closed-loop clients for `seconds` per strategy against a service it starts: every
     answer is a 200 or a 429 (the queue is full) and nothing else; the report counts both and the p99."""
-    workdir = Path(tempfile.mkdtemp(prefix="r4t-clients-"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    proc, url = start_server({"HF_HUB_OFFLINE": "1", "R4T_DATASET": dataset}, workdir / "server.log")
     runs = []
-    try:
-        info = httpx.get(f"{url}/info", timeout=10).json()
+    with own_server(dataset, "clients") as (proc, url, info, workdir):
         for name in strategies.split(","):
             run = locust_run(url, name, 0, seconds, dataset, workdir, users=users, server_pid=proc.pid)
             errors = failure_counts(workdir / f"{name}-0-{users}")
@@ -517,21 +527,16 @@ def clients(
             runs.append(run)
             typer.echo(f"{name}: {run['requests']} requests, {run['rps']} rps, p99 {run['p99_ms']} ms, "
                        f"{run['http_429']} x 429, {run['other_errors']} other errors")
-    finally:
-        stop_server(proc)
     report = {"dataset": dataset, "items": info["items"], "machine": machine(), "server_env": server_env(),
               "command": " ".join(["python -m loadtests.bench clients", *sys.argv[2:]]), "runs": runs}
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [f"# {users} concurrent clients for {seconds} s per strategy ({dataset}, {info['items']:,} items)", "",
-             f"Machine: {report['machine']}. Command: `{report['command']}`; {settings_line(report)}", "",
-             "Closed loop: each client sends its next /fanout when the last one is answered. A full queue answers "
-             "429 with Retry-After (counted, not retried); any other non-200 is an error.", "",
-             "| strategy | requests | rps | p50 ms | p99 ms | 429 | other errors |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['strategy']} | {r['requests']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['http_429']} | "
-              f"{r['other_errors']} |" for r in runs]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    body = ["Closed loop: each client sends its next /fanout when the last one is answered. A full queue answers "
+            "429 with Retry-After (counted, not retried); any other non-200 is an error.", "",
+            "| strategy | requests | rps | p50 ms | p99 ms | 429 | other errors |", "|---|---|---|---|---|---|---|"]
+    body += [f"| {r['strategy']} | {r['requests']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['http_429']} | "
+             f"{r['other_errors']} |" for r in runs]
+    write_report(report, out, f"{users} concurrent clients for {seconds} s per strategy ({dataset}, "
+                              f"{info['items']:,} items)", body)
     typer.echo(f"wrote {out}.json, .md")
-
 
 if __name__ == "__main__":
     app()

@@ -9,18 +9,24 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temp file and os.replace."""
+def _write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> None:
+    """`write(fh)` into a temp file beside `path`, then os.replace: `path` is whole or absent, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    with os.fdopen(fd, mode) as fh:
+        write(fh)
     os.chmod(tmp, 0o644)  # mkstemp files are private; artifacts are read by other users
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _write_atomic(path, "w", lambda fh: fh.write(text))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -41,8 +47,5 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez through a temp file and os.replace: a shard is whole or absent, so a resumed run can trust it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    """np.savez atomically: a shard is whole or absent, so a resumed run can trust it."""
+    _write_atomic(path, "wb", lambda fh: np.savez(fh, **arrays))

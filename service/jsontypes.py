@@ -8,6 +8,7 @@ The bounds sit inside the type, before the check, so that they show in the schem
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import annotated_types as at
@@ -39,9 +40,8 @@ def integer(ge: int = -SAFE, le: int = SAFE) -> Any:
     return Annotated[int, at.Ge(ge), at.Le(le), BeforeValidator(_integer)]
 
 
-def number(ge: float | None = None, le: float | None = None) -> Any:
-    bounds = [at.Ge(ge)] if ge is not None else []
-    return Annotated[float, *bounds, *([at.Le(le)] if le is not None else []), BeforeValidator(_number)]
+def number(ge: float = -math.inf, le: float = math.inf) -> Any:
+    return Annotated[float, at.Ge(ge), at.Le(le), BeforeValidator(_number)]
 
 
 DateTime = Annotated[AwareDatetime, BeforeValidator(_string)]

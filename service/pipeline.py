@@ -96,7 +96,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     """The whole online path for one or many queries; query i of a batch uses seed + i."""
     started = time.perf_counter()
     queries = [check_query(rt, q, field if field == "query" else f"{field}.{i}") for i, q in enumerate(queries)]
-    opts = opts.model_copy(update={"strategy": opts.strategy or rt.default.name,
+    opts = opts.model_copy(update={"strategy": rt.strategy(opts.strategy),
                                    "k": opts.k or min(DEFAULT_K, rt.max_k)})
     check_options(rt, opts)
     seed = opts.seed if opts.seed is not None else secrets.randbits(31)

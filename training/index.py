@@ -2,7 +2,8 @@
 
 The index directory holds the Edge shard and `index.json`, which names the encoder (sha256) and the
 catalog fingerprint it was built from: re-running with the same encoder and catalog is a no-op, a
-different one rebuilds into a temp directory that replaces the old one only when complete.
+different one rebuilds into `.<name>.partial` beside it, which replaces the old one only when complete (and
+where a killed build of the same catalog and encoder resumes).
 """
 
 from __future__ import annotations
