@@ -3,6 +3,10 @@
 Both backends score float32 vectors by cosine (text spaces) or by inner product (`distance="dot"`:
 co-membership spaces, whose unnormalised item vectors carry popularity) and accept the same payload
 filters (`service/filters.py`). Every backend failure surfaces as `StoreUnavailable`.
+
+A co-membership index may also hold the item memory: a sparse vector per item (`MEMORY`) over the train sets
+that contain it. `search_memory_batch` then scores each item by q·v + coef·Σ_j w_j [item ∈ set_j] in one
+Qdrant query: a dense and a sparse prefetch, their union rescored by the dense query, fused by a score formula.
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ _CHUNK = 1_000  # points per upsert call: bounds peak memory of the list-of-floa
 _EDGE_CONFIG = "edge_config.json"  # written by EdgeShard.create; its presence marks a shard dir
 PAYLOAD_INDEX_KINDS = ("keyword", "integer", "float", "bool", "datetime", "text", "uuid")
 DISTANCES = ("cosine", "dot")
+MEMORY = "memory"  # the named sparse vector of the item memory: indices of the train sets holding the item
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryQuery:
+    """The memory half of one query: the nearest train sets (indices into the memory's dimensions), their
+    weights, and `coef`, the memory term's weight against the dense score."""
+
+    sets: np.ndarray  # (n,) int
+    weights: np.ndarray  # (n,) float32
+    coef: float
+
+    def nonzero(self) -> tuple[list[int], list[float]]:
+        keep = np.asarray(self.weights) > 0
+        return np.asarray(self.sets)[keep].astype(int).tolist(), np.asarray(self.weights)[keep].astype(float).tolist()
 
 
 class StoreUnavailable(Exception):
@@ -70,12 +89,26 @@ class Store(Protocol):
     """What the resolver, rewards, evaluation and the service need from a vector index."""
 
     dim: int
+    memory: bool  # the index holds the item memory (search_memory_batch works)
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None: ...
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               memory: Sequence[Sequence[int]] | None = None) -> None: ...
     def search_batch(
         self,
         vectors: np.ndarray,
         limit: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+        with_payload: bool = True,
+    ) -> list[list[Hit]]: ...
+    def search_memory_batch(
+        self,
+        vectors: np.ndarray,
+        memories: Sequence[MemoryQuery],
+        limit: int,
+        memory_depth: int,
         filter: dict | None = None,
         with_vectors: bool = False,
         exact: bool = False,
@@ -113,20 +146,36 @@ def _check_queries(vectors: np.ndarray, dim: int, limit: int) -> np.ndarray:
 
 
 def _chunks(
-    ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict], dim: int
-) -> Iterator[tuple[list[str], list[list[float]], list[dict]]]:
-    """Upsert input, checked now, then lazily in chunks of (point ids, vectors, payloads with "id")."""
+    ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict], dim: int,
+    memory: Sequence[Sequence[int]] | None = None, has_memory: bool = False,
+) -> Iterator[tuple[list[str], list[list[float]], list[dict], list[list[int]] | None]]:
+    """Upsert input, checked now, then lazily in chunks of (point ids, vectors, payloads with "id", memory rows)."""
     vectors = _matrix(vectors, dim)  # (N, D)
     if not len(ids) == len(vectors) == len(payloads):
         raise ValueError(f"got {len(ids)} ids, {len(vectors)} vectors, {len(payloads)} payloads")
+    if memory is not None and not has_memory:
+        raise ValueError("this index holds no item memory: create it with memory=True")
+    if memory is not None and len(memory) != len(ids):
+        raise ValueError(f"got {len(ids)} ids but {len(memory)} memory rows")
     return (
         (
             [point_id(i) for i in ids[lo : lo + _CHUNK]],
             vectors[lo : lo + _CHUNK].tolist(),
             [{**p, "id": i} for i, p in zip(ids[lo : lo + _CHUNK], payloads[lo : lo + _CHUNK])],
+            None if memory is None else [sorted(int(j) for j in row) for row in memory[lo : lo + _CHUNK]],
         )
         for lo in range(0, len(ids), _CHUNK)
     )
+
+
+def _check_memory(store, vectors: np.ndarray, memories: Sequence[MemoryQuery], limit: int, memory_depth: int
+                  ) -> np.ndarray:
+    vectors = _check_queries(vectors, store.dim, limit)
+    if not store.memory:
+        raise ValueError("this index holds no item memory (rebuild it from a co-membership space)")
+    if len(memories) != len(vectors) or memory_depth < 1:
+        raise ValueError(f"got {len(vectors)} vectors but {len(memories)} memory queries (memory_depth >= 1)")
+    return vectors
 
 
 def _ordered_vectors(ids: Sequence[str], found: dict[str, Any], dim: int) -> np.ndarray:
@@ -188,13 +237,14 @@ class EdgeStore:
     """Qdrant Edge shard in a directory on disk: the embedded default backend."""
 
     def __init__(self, shard: qe.EdgeShard, path: Path, dim: int, default_ef: int,
-                 oversampling: float = HnswSettings.oversampling) -> None:
+                 oversampling: float = HnswSettings.oversampling, memory: bool = False) -> None:
         self._shard, self.path, self.dim, self.default_ef = shard, path, dim, default_ef
-        self.oversampling = oversampling
+        self.oversampling, self.memory = oversampling, memory
         self._closed = False
 
     @classmethod
-    def create(cls, path: Path, dim: int, hnsw: HnswSettings = HnswSettings(), distance: str = "cosine") -> EdgeStore:
+    def create(cls, path: Path, dim: int, hnsw: HnswSettings = HnswSettings(), distance: str = "cosine",
+               memory: bool = False) -> EdgeStore:
         path = Path(path)
         _check_distance(distance)
         if (path / _EDGE_CONFIG).exists():
@@ -210,9 +260,10 @@ class EdgeStore:
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
             quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99,
                                                             memory=qe.Memory.Cached) if hnsw.int8 else None,
+            sparse_vectors={MEMORY: qe.EdgeSparseVectorParams()} if memory else None,
         )
         path.mkdir(parents=True, exist_ok=True)
-        return cls(qe.EdgeShard.create(str(path), config), path, dim, hnsw.default_ef, hnsw.oversampling)
+        return cls(qe.EdgeShard.create(str(path), config), path, dim, hnsw.default_ef, hnsw.oversampling, memory)
 
     @classmethod
     def open(cls, path: Path, default_ef: int = HnswSettings.default_ef) -> EdgeStore:
@@ -221,11 +272,16 @@ class EdgeStore:
         # Checked before load: EdgeShard.load on an empty dir fails but leaves a segments/ dir behind.
         if not config_file.is_file():
             raise FileNotFoundError(f"no Edge shard at {path} (missing {_EDGE_CONFIG}); build the index first")
-        dim = int(json.loads(config_file.read_text())["vectors"][""]["size"])
-        return cls(qe.EdgeShard.load(str(path)), path, dim, default_ef)
+        config = json.loads(config_file.read_text())
+        dim, memory = int(config["vectors"][""]["size"]), MEMORY in (config.get("sparse_vectors") or {})
+        return cls(qe.EdgeShard.load(str(path)), path, dim, default_ef, memory=memory)
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
-        for pids, vecs, pays in _chunks(ids, vectors, payloads, self.dim):
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               memory: Sequence[Sequence[int]] | None = None) -> None:
+        for pids, vecs, pays, rows in _chunks(ids, vectors, payloads, self.dim, memory, self.memory):
+            if rows is not None:  # an item no train set holds stores no memory vector
+                vecs = [{"": v, MEMORY: qe.SparseVector(r, [1.0] * len(r))} if r else {"": v}
+                        for v, r in zip(vecs, rows)]
             # Built outside _backend: a payload Edge cannot store raises TypeError/ValueError here.
             points = [qe.Point(*point) for point in zip(pids, vecs, pays)]
             with _backend("edge", self._closed):
@@ -279,6 +335,42 @@ class EdgeStore:
             batches = self._shard.query_batch(qe.QueryBatchRequest(requests)) if requests else []
         return [[_hit(p.id, p.score, p.payload, p.vector) for p in points] for points in batches]
 
+    def search_memory_batch(
+        self,
+        vectors: np.ndarray,
+        memories: Sequence[MemoryQuery],
+        limit: int,
+        memory_depth: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+        with_payload: bool = True,
+    ) -> list[list[Hit]]:
+        """Top `limit` by q·v + coef·memory, per query; exact whenever `memory_depth` covers every item the
+        query's sets hold: the dense top `limit` plus those items, rescored by the dense query, hold the answer."""
+        vectors = _check_memory(self, vectors, memories, limit, memory_depth)
+        parsed = validate_filter(filter)
+        f = None if parsed is None else to_edge_filter(parsed)
+        quantization = qe.QuantizationSearchParams(ignore=exact, rescore=True, oversampling=self.oversampling)
+        params = qe.SearchParams(hnsw_ef=max(hnsw_ef or self.default_ef, limit), exact=exact,
+                                 quantization=quantization)
+        requests = []
+        for q, m in zip(vectors, memories):
+            dense = qe.Query.Nearest(q.tolist())
+            by_memory = qe.Prefetch(limit=memory_depth, query=qe.Query.Nearest(qe.SparseVector(*m.nonzero()),
+                                                                                using=MEMORY), filter=f)
+            union = qe.Prefetch(limit=limit + memory_depth, query=dense, params=params, filter=f,
+                                prefetches=[qe.Prefetch(limit=limit, query=dense, params=params, filter=f), by_memory])
+            E = qe.Expression
+            formula = E.Sum([E.Variable("$score[0]"), E.Mult([E.Constant(float(m.coef)), E.Variable("$score[1]")])])
+            requests.append(qe.QueryRequest(limit=limit, query=qe.Formula(formula, defaults={"$score[1]": 0.0}),
+                                            prefetches=[union, by_memory], filter=f, with_payload=with_payload,
+                                            with_vector=[""] if with_vectors else False))
+        with _backend("edge", self._closed):
+            batches = self._shard.query_batch(qe.QueryBatchRequest(requests)) if requests else []
+        return [[_hit(p.id, p.score, p.payload, p.vector) for p in points] for points in batches]
+
     def payloads(self, point_ids: Sequence[str]) -> dict[str, dict]:
         with _backend("edge", self._closed):
             records = self._shard.retrieve(list(point_ids), with_payload=True, with_vector=False)
@@ -315,6 +407,7 @@ class ServerStore:
         api_key: str | None = None,
         hnsw: HnswSettings = HnswSettings(),
         distance: str = "cosine",
+        memory: bool = False,
     ) -> None:
         _check_distance(distance)
         if create and dim is None:
@@ -334,18 +427,27 @@ class ServerStore:
                     ),
                     quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
                         type=models.ScalarType.INT8, quantile=0.99, always_ram=True)) if hnsw.int8 else None,
+                    sparse_vectors_config={MEMORY: models.SparseVectorParams()} if memory else None,
                 )
             exists = self._client.collection_exists(collection)
-            size = self._client.get_collection(collection).config.params.vectors.size if exists else None
+            params = self._client.get_collection(collection).config.params if exists else None
+        size = params.vectors.size if params else None
+        self.memory = bool(params and MEMORY in (params.sparse_vectors or {}))
         if size is None:
             raise FileNotFoundError(f"no collection {collection!r} at {location}; build the index first")
         if dim is not None and size != dim:
             raise ValueError(f"collection {collection!r} holds {size}-d vectors, not {dim}-d")
         self.dim = size
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
-        for pids, vecs, pays in _chunks(ids, vectors, payloads, self.dim):
-            batch = models.Batch(ids=pids, vectors=vecs, payloads=pays)
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict],
+               memory: Sequence[Sequence[int]] | None = None) -> None:
+        for pids, vecs, pays, rows in _chunks(ids, vectors, payloads, self.dim, memory, self.memory):
+            if rows is None:
+                batch = models.Batch(ids=pids, vectors=vecs, payloads=pays)
+            else:  # an item no train set holds stores no memory vector
+                batch = [models.PointStruct(id=i, payload=p, vector={"": v, **(
+                    {MEMORY: models.SparseVector(indices=r, values=[1.0] * len(r))} if r else {})})
+                    for i, v, p, r in zip(pids, vecs, pays, rows)]
             with _backend("server", self._closed):
                 self._client.upsert(self.collection, points=batch, wait=True)
 
@@ -379,6 +481,39 @@ class ServerStore:
             )
             for q in vectors
         ]
+        with _backend("server", self._closed):
+            responses = self._client.query_batch_points(self.collection, requests) if requests else []
+        return [[_hit(p.id, p.score, p.payload, p.vector) for p in r.points] for r in responses]
+
+    def search_memory_batch(
+        self,
+        vectors: np.ndarray,
+        memories: Sequence[MemoryQuery],
+        limit: int,
+        memory_depth: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+        with_payload: bool = True,
+    ) -> list[list[Hit]]:
+        """The same query as `EdgeStore.search_memory_batch`, through qdrant-client."""
+        vectors = _check_memory(self, vectors, memories, limit, memory_depth)
+        f = parse_filter(filter)
+        quantization = models.QuantizationSearchParams(ignore=exact, rescore=True, oversampling=self.oversampling)
+        params = None if self._local else models.SearchParams(hnsw_ef=max(hnsw_ef or self.default_ef, limit),
+                                                              exact=exact, quantization=quantization)
+        requests = []
+        for q, m in zip(vectors, memories):
+            sets, weights = m.nonzero()
+            by_memory = models.Prefetch(query=models.SparseVector(indices=sets, values=weights), using=MEMORY,
+                                        limit=memory_depth, filter=f)
+            union = models.Prefetch(query=q.tolist(), limit=limit + memory_depth, params=params, filter=f, prefetch=[
+                models.Prefetch(query=q.tolist(), limit=limit, params=params, filter=f), by_memory])
+            formula = models.FormulaQuery(formula=models.SumExpression(sum=[
+                "$score[0]", models.MultExpression(mult=[float(m.coef), "$score[1]"])]), defaults={"$score[1]": 0.0})
+            requests.append(models.QueryRequest(query=formula, prefetch=[union, by_memory], limit=limit, filter=f,
+                                                with_payload=with_payload, with_vector=[""] if with_vectors else False))
         with _backend("server", self._closed):
             responses = self._client.query_batch_points(self.collection, requests) if requests else []
         return [[_hit(p.id, p.score, p.payload, p.vector) for p in r.points] for r in responses]

@@ -20,7 +20,9 @@ _ROWS = 256  # query rows per matmul: bounds the (rows, N) score block to ~200 M
 
 
 class ExactStore:
-    """Implements the `Store` protocol's read side over (N, D) float32 vectors."""
+    """Implements the `Store` protocol's read side over (N, D) float32 vectors (no item memory)."""
+
+    memory = False
 
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict], distance: str):
         if distance not in ("cosine", "dot"):
@@ -109,7 +111,7 @@ class ExactStore:
             raise KeyError(f"{len(missing)} ids not in the store, e.g. {missing[:3]}")
         return self.vectors[[self._row[i] for i in ids]].reshape(len(ids), self.dim)
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict]) -> None:
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict], memory=None) -> None:
         raise NotImplementedError("ExactStore is a read-only copy")
 
     def count(self) -> int:

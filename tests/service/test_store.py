@@ -349,3 +349,57 @@ def test_the_request_schema_refuses_what_a_backend_refuses(bad):
 
     with pytest.raises(ValidationError):
         PayloadFilter.model_validate(bad)
+
+
+def memory_catalog(n: int = 2_000, d: int = 16, sets: int = 300, seed: int = 3):
+    """Dot-product items, each held by a few of `sets` train sets (a fifth by none: cold items)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, d)).astype(np.float32)  # (n, d) unnormalised, as a co-membership space
+    held = rng.random((sets, n)) < 0.01  # (S, n)
+    held[:, : n // 5] = False
+    ids = [f"t{i}" for i in range(n)]
+    return ids, vectors, [{"text": i} for i in ids], [np.flatnonzero(held[:, i]).tolist() for i in range(n)], held
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_memory_search_is_exact_dense_plus_weighted_memory(backend, tmp_path):
+    """q·v + coef·Σ_j w_j [item ∈ set_j] over the whole catalog, in one query, on both backends; the filter
+    applies to both halves; a depth that cannot hold every memory item still returns the dense top."""
+    from service.store import MemoryQuery
+
+    ids, vectors, payloads, rows, held = memory_catalog()
+    d = vectors.shape[1]
+    store = (EdgeStore.create(tmp_path / "s", d, HnswSettings(int8=False), distance="dot", memory=True)
+             if backend == "edge" else ServerStore(":memory:", "m", dim=d, create=True, distance="dot", memory=True))
+    store.upsert(ids, vectors, [{**p, "odd": i % 2} for i, p in enumerate(payloads)], memory=rows)
+    if backend == "edge":
+        store.optimize()
+        store.close()
+        store = EdgeStore.open(tmp_path / "s")  # the memory is found again on open
+    assert store.memory
+    rng = np.random.default_rng(4)
+    qs = rng.standard_normal((5, d)).astype(np.float32)
+    memories = [MemoryQuery(rng.choice(300, 20, replace=False), rng.random(20).astype(np.float32), 3.0)
+                for _ in qs]
+    got = store.search_memory_batch(qs, memories, limit=30, memory_depth=2_000, exact=True)
+    got_odd = store.search_memory_batch(qs, memories, limit=30, memory_depth=2_000, exact=True,
+                                        filter={"must": [{"key": "odd", "match": {"value": 1}}]})
+    for q, m, hits, odd in zip(qs, memories, got, got_odd):
+        score = vectors @ q + m.coef * (held[m.sets].T.astype(np.float32) @ m.weights)
+        assert [h.id for h in hits] == [ids[i] for i in np.argsort(-score)[:30]]
+        assert np.allclose([h.score for h in hits], np.sort(score)[::-1][:30], atol=1e-4)
+        score[::2] = -np.inf
+        assert [h.id for h in odd] == [ids[i] for i in np.argsort(-score)[:30]]
+    shallow = store.search_memory_batch(qs[:1], memories[:1], limit=30, memory_depth=1, exact=True)[0]
+    assert len(shallow) == 30
+    store.close()
+
+
+def test_memory_search_needs_an_index_with_memory(server):
+    from service.store import MemoryQuery
+
+    with pytest.raises(ValueError, match="no item memory"):
+        server.search_memory_batch(np.zeros((1, D), np.float32), [MemoryQuery(np.array([0]), np.array([1.0]), 1.0)],
+                                   limit=5, memory_depth=10)
+    with pytest.raises(ValueError, match="no item memory"):
+        server.upsert(["x"], np.zeros((1, D), np.float32), [{}], memory=[[0]])
