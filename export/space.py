@@ -19,9 +19,9 @@ from sentence_transformers import SentenceTransformer
 
 from export.encoder import OPSET, MeanPooledEncoder
 from service.atomic import replace_dir, write_json_atomic
-from service.encoder import OnnxEncoder
+from service.encoder import MEMORY_OUTPUTS, OnnxEncoder
 from service.manifest import MODEL_FILE, EncoderInfo, Manifest, Parity, hash_files, load_manifest
-from training.space import Space, query_vectors, tiebreak
+from training.space import MEMORY_WEIGHT, Space, memory_scales, nearest_sets, neighbour_weights, query_vectors, tiebreak
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ class SpaceHead(torch.nn.Module):
     (weighted by softmax(similarity / temperature) when the space has one), blended with the text embedding
     by the space's `text_weight` (text kind)."""
 
-    def __init__(self, encoder: MeanPooledEncoder, space: Space):
+    def __init__(self, encoder: MeanPooledEncoder, space: Space, memory: bool = False):
         super().__init__()
+        self.memory = memory  # also output the neighbour sets and their weights (the item memory's query)
         self.encoder, self.n, self.w = encoder, space.neighbours, float(space.text_weight)
         self.t = float(space.temperature)
         self.extra = int(space.neighbours < len(space.set_ids))  # the (n+1)-th title, where weights reach 0
@@ -56,7 +57,8 @@ class SpaceHead(torch.nn.Module):
         q = torch.nn.functional.normalize((self.sets[nearest[:, :n]] * weights[..., None]).sum(1), dim=-1)  # (B, k)
         if self.w:
             q = self.w * torch.nn.functional.normalize(z, dim=-1) + (1.0 - self.w) * q
-        return torch.nn.functional.normalize(q, dim=-1)
+        q = torch.nn.functional.normalize(q, dim=-1)
+        return (q, nearest[:, :n], weights) if self.memory else q
 
 
 def load_head(space: Space, text_encoder_dir: Path) -> tuple[SpaceHead, SentenceTransformer]:
@@ -69,8 +71,12 @@ def load_head(space: Space, text_encoder_dir: Path) -> tuple[SpaceHead, Sentence
     return SpaceHead(MeanPooledEncoder(st[0].auto_model).eval(), space).eval(), st
 
 
-def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, parity_texts: list[str]) -> Manifest:
-    """Export the head, check it against numpy on `parity_texts`, then move the directory into `out_dir`."""
+def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, parity_texts: list[str],
+                         memory_weight: float = MEMORY_WEIGHT) -> Manifest:
+    """Export the head, check it against numpy on `parity_texts`, then move the directory into `out_dir`.
+
+    A comember space's head also outputs its neighbour sets and weights (`MEMORY_OUTPUTS`), and the manifest
+    records the constant that weighs the item memory against the dense score (`memory_scales`)."""
     text_encoder_dir = Path(text_encoder_dir)
     text = load_manifest(text_encoder_dir)
     head, st = load_head(space, text_encoder_dir)
@@ -79,12 +85,15 @@ def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, pa
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     tmp.chmod(0o755)
     try:
+        head.memory = memory = space.kind == "comember"  # the item memory needs train-set co-membership
+        outputs = ["embedding", *(MEMORY_OUTPUTS if memory else ())]
         example = st.tokenizer(["a b c", "a longer example sentence"], padding=True, return_tensors="pt")
         with torch.no_grad():
             torch.onnx.export(head, (example["input_ids"], example["attention_mask"]), str(tmp / MODEL_FILE),
-                              input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                              input_names=["input_ids", "attention_mask"], output_names=outputs,
                               dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                            "attention_mask": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}},
+                                            "attention_mask": {0: "batch", 1: "seq"},
+                                            **{o: {0: "batch"} for o in outputs}},
                               opset_version=OPSET, dynamo=False)
         shutil.copy(text_encoder_dir / "tokenizer.json", tmp / "tokenizer.json")
         info = EncoderInfo(name=space.name, source=text.encoder.source, dim=space.dim,
@@ -92,13 +101,27 @@ def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, pa
         space_info = {"name": space.name, "kind": space.kind, "distance": space.distance, "dataset": space.dataset,
                       "neighbours": space.neighbours, "text_weight": space.text_weight,
                       "temperature": space.temperature, **space.meta}
+        if memory:
+            space_info["memory"] = memory_scales(space) | {"weight": memory_weight}
+            space_info["memory"]["coef"] = memory_weight * space_info["memory"]["dense_scale"] / \
+                space_info["memory"]["memory_scale"]
         manifest = Manifest(kind="encoder", encoder=info, opset=OPSET, inputs=["input_ids", "attention_mask"],
-                            outputs=["embedding"], files=hash_files(tmp), config={"space": space_info},
+                            outputs=outputs, files=hash_files(tmp), config={"space": space_info},
                             parity=Parity(reference="pending", n_inputs=0, max_abs_error=float("nan"),
                                           min_cosine=float("nan")))
         write_json_atomic(tmp / "manifest.json", manifest.model_dump())
         ours = OnnxEncoder(tmp).encode(parity_texts)
-        reference = query_vectors(space, OnnxEncoder(text_encoder_dir).encode(parity_texts))
+        title_emb = OnnxEncoder(text_encoder_dir).encode(parity_texts)
+        reference = query_vectors(space, title_emb)
+        if memory:  # the memory query must be the one numpy computes: same sets, same weights
+            _, sets, weights = OnnxEncoder(tmp).encode_memory(parity_texts)
+            near, sims = nearest_sets(space, title_emb, n=min(space.neighbours + 1, len(space.set_ids)),
+                                      with_sims=True)
+            ref_w = neighbour_weights(sims, space.temperature, space.neighbours)
+            mem_ours, mem_ref = (np.stack([np.bincount(s, w, len(space.set_ids)) for s, w in zip(a, b)])
+                                 for a, b in ((sets, weights), (near[:, :space.neighbours], ref_w)))
+            if not np.abs(mem_ours - mem_ref).max() <= PARITY_TOLERANCE:
+                raise RuntimeError(f"space encoder memory parity {np.abs(mem_ours - mem_ref).max():.2e}")
         manifest.parity = Parity(reference=f"training.space.query_vectors on {len(parity_texts)} texts",
                                  n_inputs=len(parity_texts),
                                  max_abs_error=float(np.abs(ours - reference).max()),

@@ -20,6 +20,8 @@ from service.manifest import MODEL_FILE, ArtifactError, Manifest, load_manifest
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
+# A co-membership space's head also gives the query's nearest train sets and their weights: the item memory's query.
+MEMORY_OUTPUTS = ("memory_sets", "memory_weights")
 
 
 def make_session(model: Path, device: str = "cpu", threads: int = 0, spin: bool = True,
@@ -77,6 +79,22 @@ class OnnxEncoder:
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         return ids, mask
+
+    @property
+    def memory(self) -> dict | None:
+        """The item memory's constants (manifest config.space.memory) when the head gives its query, else None."""
+        if not set(MEMORY_OUTPUTS) <= set(self.manifest.outputs):
+            return None
+        return self.manifest.config.get("space", {}).get("memory")
+
+    def encode_memory(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, D) embeddings, (B, n) nearest train sets and (B, n) their weights, in one run."""
+        if self.memory is None:
+            raise ArtifactError(f"{self.directory} gives no item-memory query (not a co-membership space head)")
+        ids, mask = self.tokenize(texts)
+        emb, sets, weights = self.session.run(["embedding", *MEMORY_OUTPUTS],
+                                              {"input_ids": ids, "attention_mask": mask})
+        return emb, sets, weights
 
     def encode(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """(N, D) embeddings; texts are batched by length so padding stays short."""

@@ -144,11 +144,12 @@ class IndexMeta(BaseModel):
     space: str | None = Field(None, description="The embedding space the item vectors come from, if not the encoder")
     space_kind: str | None = None
     distance: Literal["cosine", "dot"] = "cosine"
+    memory_sets: int | None = Field(None, description="Train sets the item memory (sparse vectors) spans; None = none")
     qdrant_url: str | None = Field(None, description="Set when the vectors live on a Qdrant server")
     collection: str | None = None
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("dataset", "items", "catalog_sha256", "encoder", "encoder_sha256", "dim", "quantization", "space",
-                "space_kind", "distance")
+                "space_kind", "distance", "memory_sets")
 
     def identity(self) -> dict:
         return {k: getattr(self, k) for k in self.IDENTITY}

@@ -58,7 +58,8 @@ def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> IndexMeta:
                      encoder=encoder.manifest.encoder.name, encoder_sha256=encoder.manifest.encoder_sha256,
                      dim=encoder.dim, quantization="int8" if HnswSettings.int8 else None)  # pre-int8 indexes rebuild
     if space is not None:  # item vectors come from the space, not from embedding the item texts
-        meta = meta.model_copy(update={"space": space.name, "space_kind": space.kind, "distance": space.distance})
+        meta = meta.model_copy(update={"space": space.name, "space_kind": space.kind, "distance": space.distance,
+                                       "memory_sets": len(space.set_ids) if space.kind == "comember" else None})
     return meta
 
 
@@ -75,7 +76,11 @@ def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: 
             vectors = encoder.encode([it.text for it in chunk], batch_size=cfg.batch_size)  # (n, D)
         else:
             vectors = space.items[[row[it.id] for it in chunk]]  # (n, k)
-        store.upsert([it.id for it in chunk], vectors, [{"text": it.text, **it.payload} for it in chunk])
+        memory = None
+        if getattr(store, "memory", False):  # which train sets hold each item (columns of the incidence)
+            cols = space.members.tocsc()[:, [row[it.id] for it in chunk]]
+            memory = [cols.indices[cols.indptr[j]:cols.indptr[j + 1]].tolist() for j in range(len(chunk))]
+        store.upsert([it.id for it in chunk], vectors, [{"text": it.text, **it.payload} for it in chunk], memory=memory)
         bar.update(len(chunk))
         if done is not None:
             done(lo + len(chunk))
@@ -95,7 +100,9 @@ def _edge_build(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
     else:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(mode=0o755)
-        store, start = EdgeStore.create(partial / SHARD_DIR, encoder.dim, distance=fresh.distance), 0
+        store = EdgeStore.create(partial / SHARD_DIR, encoder.dim, distance=fresh.distance,
+                                 memory=fresh.memory_sets is not None)
+        start = 0
     try:
         embed_and_upsert(dataset, encoder, store, cfg, space, start,
                          done=lambda n: write_json_atomic(progress, {"identity": fresh.identity(), "items": n}))
@@ -125,7 +132,8 @@ def build_index(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: In
     started = time.perf_counter()
     if cfg.qdrant_url:
         collection = cfg.collection or default_collection(dataset.name)
-        store = ServerStore(cfg.qdrant_url, collection, dim=encoder.dim, create=True, distance=distance)
+        store = ServerStore(cfg.qdrant_url, collection, dim=encoder.dim, create=True, distance=distance,
+                            memory=fresh.memory_sets is not None)
         embed_and_upsert(dataset, encoder, store, cfg, space)
         meta |= {"qdrant_url": cfg.qdrant_url, "collection": collection}
         store.close()

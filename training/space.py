@@ -54,6 +54,9 @@ DEFAULT_KIND = {"mpd": "comember", "polyvore": "text"}
 GAMMA = 2.0
 DEFAULT_NEIGHBOURS = {"comember": 200, "text": 20}
 DEFAULT_TEMPERATURE = {"comember": 0.1, "text": 0.0}
+# The item memory's weight against the dense score, both divided by their typical spread (`memory_scales`);
+# chosen on MPD val, read on test (results/memory_mpd.md).
+MEMORY_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -334,3 +337,19 @@ def write_teacher_pairs(space: Space, cfg: TeacherConfig, out_dir: Path, meta: d
     write_json_atomic(out_dir / SYNTH_FILE, {**meta, "teacher": {"kind": "neighbourhood", **cfg.__dict__},
                                              "queries": len(space.set_ids), "pairs_total": total, "shard": shard})
     return total
+
+
+def memory_scales(space: Space, sample: int = 1_000, seed: int = 0) -> dict:
+    """The typical spread over the catalog of the dense score q·v and of the item memory Σ_j w_j [item ∈ set_j]:
+    medians of their per-query standard deviations on `sample` train titles (own set left out). A Qdrant score
+    formula takes constants only, so the served score is dense + coef·memory with coef = weight·dense/memory."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(space.set_ids), min(sample, len(space.set_ids)),
+                                                      replace=False))
+    emb, own = space.titles[rows], [space.set_ids[r] for r in rows]
+    n = space.neighbours
+    near, sims = nearest_sets(space, emb, own, n=min(n + 1, len(space.set_ids)), with_sims=True)
+    weights = neighbour_weights(sims, space.temperature, n)
+    dense = (query_vectors(space, emb, own) @ space.items.T).std(1)  # (B,)
+    members = space.members.T.tocsr()  # (N, S)
+    memory = np.array([np.asarray(members[:, near[b, :n]] @ weights[b]).std() for b in range(len(rows))])
+    return {"dense_scale": float(np.median(dense)), "memory_scale": float(np.median(memory)), "titles": len(rows)}

@@ -135,7 +135,7 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
     from export.space import export_space_encoder
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
-    from service.store import EdgeStore
+    from service.store import EdgeStore, MemoryQuery
     from training.index import SHARD_DIR, IndexConfig, build_index
 
     texts = [s.intent for s in mpd_slice.split("val")] + ["late night drive", ""]
@@ -154,6 +154,19 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
         ids = [h.id for h in Resolver(store).resolve(q, 10, exact=True)]
         scores = space.items @ q[0]  # inner product, so norms (popularity) count: not the cosine order
         assert ids == [space.item_ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
+
+        # The item memory: the head's sets and weights, the index's sparse vectors, one formula query.
+        assert meta["memory_sets"] == len(space.set_ids) and store.memory
+        constants = enc.memory
+        assert constants["coef"] == pytest.approx(
+            constants["weight"] * constants["dense_scale"] / constants["memory_scale"])
+        emb, sets, weights = enc.encode_memory(texts[:4])
+        np.testing.assert_allclose(emb, enc.encode(texts[:4]), atol=1e-5)
+        memories = [MemoryQuery(s, w, constants["coef"]) for s, w in zip(sets, weights)]
+        hits = store.search_memory_batch(emb, memories, limit=20, memory_depth=len(space.item_ids), exact=True)
+        for e, m, got in zip(emb, memories, hits):
+            score = space.items @ e + m.coef * np.asarray(space.members[m.sets].T @ m.weights).ravel()
+            np.testing.assert_allclose([h.score for h in got], np.sort(score)[::-1][:20], rtol=1e-4, atol=1e-5)
     finally:
         store.close()
 
