@@ -239,6 +239,8 @@ def memory(
     name: str = NAME_OPT,
     weights: str = typer.Option("0.05,0.1,0.2,0.5", help="Weights of the neighbour sets' item memory"),
     splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
+    memory_depth: int = typer.Option(20_000, help="Served row: items the sparse prefetch returns (all that the "
+                                     "neighbour sets hold, when it is large enough)"),
     out: Path = typer.Option(Path("results"), help="Directory of memory_<dataset>.{json,md}"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
@@ -249,7 +251,8 @@ def memory(
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
     from training.evaluate import single_strategy
-    from training.quality import QualityConfig, measure, memory_strategy
+    from service.store import EdgeStore
+    from training.quality import QualityConfig, measure, memory_strategy, served_memory_strategy
     from training.space import Space
 
     _start(dataset)
@@ -261,7 +264,16 @@ def memory(
     res = Resolver(_exact_copy(p["index"], ds, space.distance))
     memories = {f"memory@{w:g}": memory_strategy(space, text, enc, res, w) for w in map(float, weights.split(","))}
     strategies = {"single": single_strategy(enc, res, 10), **memories}
+    edge = EdgeStore.open(p["index"] / "shard")
+    served = enc.memory is not None and edge.memory
+    if served:  # the served path: the head's outputs and one Qdrant formula query per set (exact search)
+        strategies["memory"] = served_memory_strategy(enc, Resolver(edge), memory_depth)
     cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), jitter=(), vendi_runs=1)
-    measure(strategies, ds, space, cfg, out / f"memory_{dataset}", _command(),
-            {"search": "exact: single on an in-memory copy of the index, memory@w by numpy over the space"})
+    try:
+        measure(strategies, ds, space, cfg, out / f"memory_{dataset}", _command(),
+                {"search": "exact: single on an in-memory copy of the index, memory@w by numpy over the space, "
+                           "memory (served) by Qdrant Edge's exact search of the index with its item memory",
+                 "memory": enc.memory, "memory_depth": memory_depth if served else None})
+    finally:
+        edge.close()
     typer.echo(f"{out}/memory_{dataset}.json")

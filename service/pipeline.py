@@ -2,7 +2,8 @@
 
 `/search` (no fan-out, scores only) goes through the same encoder micro-batcher and queue limit.
 `diffusion` runs the exported graph once for all queries of a micro-batch; `single` embeds the query
-(the no-fan-out baseline); `llm` asks the fan-out LM for sub-queries and embeds them. Every strategy
+(the no-fan-out baseline); `memory` embeds it too and adds its nearest train sets' item memory to the score
+(one Qdrant formula query, `Store.search_memory_batch`); `llm` asks the fan-out LM for sub-queries and embeds them. Every strategy
 resolves all of its vectors in ONE `Resolver.resolve_many` call (plus one per `fill` doubling for queries
 whose hits overlap), then MMR re-ranks when asked; only a batch whose hits pass R4T_MAX_HITS_PER_CALL is
 split into several such calls, one after another.
@@ -31,6 +32,7 @@ from service.schemas import (
     SetView,
 )
 from service.setstats import mean_pairwise_distance, project_2d, vendi
+from service.store import MemoryQuery
 
 DEFAULT_K = 10  # fan-out vectors per query when a request names no number (the paper's K)
 MMR_CANDIDATES = 100  # fused items MMR chooses from when a request names no number
@@ -49,6 +51,9 @@ def check_options(rt: Runtime, opts: FanoutOptions) -> None:
         raise InvalidInput("k", f"k must be <= {rt.max_k} (R4T_MAX_K, and the fan-out graph's rows)")
     if opts.strategy == "diffusion" and rt.graph is None:
         raise InvalidInput("strategy", "the diffusion strategy is off on this server (no fan-out graph: set R4T_GRAPH)")
+    if opts.strategy == "memory" and not rt.has_memory:
+        raise InvalidInput("strategy", "the memory strategy is off on this server (it needs a co-membership space "
+                                       "encoder and its index with the item memory)")
     if opts.strategy == "llm" and rt.llm is None:
         raise InvalidInput("strategy", "the llm strategy is off on this server (set R4T_LLM_URL or R4T_LLM_POLICY)")
 
@@ -59,6 +64,10 @@ async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: 
         outs, waited, ran = await rt.graph_batcher.submit(list(zip(queries, seeds)))
         timings.update(queue=waited, sample=ran)
         return np.stack([o.query_embedding for o in outs]), [o.fanout[: opts.k] for o in outs], None
+    if opts.strategy == "memory":  # one vector per query, and its neighbour sets and weights
+        outs, waited, ran = await rt.memory_batcher.submit(queries)
+        timings.update(queue=waited, encode=ran)
+        return np.stack([o[0] for o in outs]), [(o[0][None], o[1], o[2]) for o in outs], None
     if opts.strategy == "single":
         vecs, waited, ran = await rt.encoder_batcher.submit(queries)
         timings.update(queue=waited, encode=ran)
@@ -113,6 +122,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     for lo in range(0, len(blocks), step):
         resolved += await run_in_threadpool(_resolve, rt, z[lo:lo + step], blocks[lo:lo + step], opts, depth)
     timings["resolve"] = time.perf_counter() - resolve_started
+    blocks = [b[0] if isinstance(b, tuple) else b for b in blocks]  # memory: (vector, sets, weights)
     timings["total"] = time.perf_counter() - started
     ms = {k: round(1e3 * v, 3) for k, v in timings.items()}
     rt.metrics.observe_stages(opts.strategy, ms)
@@ -127,8 +137,15 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
 def _resolve(rt: Runtime, z: np.ndarray, blocks: list[np.ndarray], opts: FanoutOptions,
              depth: int) -> list[tuple[list[FanoutItem], SetView | None]]:
     """One store call for these queries' blocks, then MMR and the explained view (off the event loop)."""
-    fused = rt.resolver.resolve_many(blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter,
-                                     opts.mmr is not None or opts.explain, fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef)
+    with_vectors = opts.mmr is not None or opts.explain
+    if opts.strategy == "memory":
+        memories = [MemoryQuery(sets, weights, rt.encoder.memory["coef"]) for _, sets, weights in blocks]
+        fused = rt.resolver.resolve_memory_many(z, memories, depth, rt.settings.memory_depth, opts.filter,
+                                                with_vectors, hnsw_ef=rt.settings.hnsw_ef)
+        blocks = [b[0] for b in blocks]
+    else:
+        fused = rt.resolver.resolve_many(blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter, with_vectors,
+                                         fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef)
     if opts.mmr:
         fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]
     return [([FanoutItem(id=it.id, text=it.text, payload=it.payload, score=it.score,

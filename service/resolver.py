@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.store import Hit, Store
+from service.store import Hit, MemoryQuery, Store
 
 Fusion = Literal["union", "rrf"]
 
@@ -193,6 +193,27 @@ class Resolver:
                                                    hnsw_ef)):
                 results[i] = hits
         fused = [fuse(hits, fusion, limit) for hits in results]
+        payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
+        return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
+
+    def resolve_memory_many(
+        self,
+        vectors: np.ndarray,
+        memories: Sequence[MemoryQuery],
+        limit: int,
+        memory_depth: int,
+        filter: dict | None = None,
+        with_vectors: bool = False,
+        *,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[list[FusedItem]]:
+        """(B, D) query vectors and their item-memory queries -> each query's `limit` items in ONE store call,
+        ranked by q·v + coef·memory (`Store.search_memory_batch`)."""
+        results = self.store.search_memory_batch(np.asarray(vectors, np.float32), memories, limit, memory_depth,
+                                                 filter=filter, with_vectors=with_vectors, exact=exact,
+                                                 hnsw_ef=hnsw_ef, with_payload=False)
+        fused = [fuse([hits], "union", limit) for hits in results]
         payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
         return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
 

@@ -49,6 +49,7 @@ class Runtime:
     llm_pool: ThreadPoolExecutor | None = None
     llm_gate: Gate | None = None  # bounds the requests waiting for or running in llm_pool (429 beyond)
     encoder_batcher: MicroBatcher | None = None
+    memory_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
     default: Default = Default("single", "no fan-out graph")
 
@@ -59,7 +60,13 @@ class Runtime:
     @property
     def strategies(self) -> list[str]:
         """The strategies this server can run."""
-        return ["single"] + (["diffusion"] if self.graph else []) + (["llm"] if self.llm else [])
+        return ["single"] + (["memory"] if self.has_memory else []) + (["diffusion"] if self.graph else []) + \
+            (["llm"] if self.llm else [])
+
+    @property
+    def has_memory(self) -> bool:
+        """The encoder gives the item memory's query and the index holds the memory."""
+        return self.encoder.memory is not None and getattr(self.store, "memory", False)
 
     @property
     def max_k(self) -> int:
@@ -84,13 +91,15 @@ class Runtime:
                                 on_depth=lambda q: m.queue_depth.labels(name).set(q))
 
         self.encoder_batcher = batcher("encoder", lambda texts: list(self.encoder.encode(texts)))
+        if self.has_memory:
+            self.memory_batcher = batcher("memory", lambda texts: list(zip(*self.encoder.encode_memory(texts))))
         m.provider.labels("encoder", self.encoder.provider).set(1)
         if self.graph is not None:
             self.graph_batcher = batcher("graph", self.graph.run)
             m.provider.labels("graph", self.graph.provider).set(1)
 
     async def close(self) -> None:
-        for b in (self.encoder_batcher, self.graph_batcher):
+        for b in (self.encoder_batcher, self.memory_batcher, self.graph_batcher):
             if b is not None:
                 await b.close()
         for pool in (self.executor, self.llm_pool):

@@ -96,7 +96,7 @@ class Info(BaseModel):
     index: dict | None = Field(None, description="index.json: the catalog and encoder the vectors belong to")
 
 
-Strategy = Literal["diffusion", "llm", "single"]
+Strategy = Literal["diffusion", "llm", "memory", "single"]
 Fusion = Literal["union", "rrf"]
 
 
@@ -120,7 +120,8 @@ class FanoutOptions(BaseModel):
     limit_per_fanout: integer(1) = Field(10, description="Hits searched per fan-out vector (at most R4T_MAX_LIMIT)")
     limit: integer(1) = Field(10, description="Items returned after fusion (at most R4T_MAX_LIMIT)")
     strategy: Strategy | None = Field(None, description="diffusion (one ONNX pass) | llm (fan-out LM) | "
-                                                               "single (no fan-out); unset: the server's measured "
+                                                               "single (no fan-out) | memory (single plus the nearest "
+                                                               "train sets' item memory, co-membership index); unset: the server's measured "
                                                                "default (/info default_strategy)")
     fusion: Fusion = Field("union", description="union: round robin over the fan-outs' ranks | rrf")
     fill: StrictBool = Field(True, description="When overlapping fan-outs fuse to fewer than `limit` items, search "

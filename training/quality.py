@@ -21,6 +21,7 @@ import numpy as np
 from service.atomic import write_json_atomic, write_text_atomic
 from service.encoder import OnnxEncoder
 from service.resolver import Resolver
+from service.store import MemoryQuery
 from training.data import Dataset
 from training.evaluate import (
     EvalConfig,
@@ -86,6 +87,23 @@ def memory_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, resol
         return out
 
     return Strategy(f"memory@{weight:g}", run, encoder, resolver)
+
+
+def served_memory_strategy(encoder: OnnxEncoder, resolver: Resolver, memory_depth: int, exact: bool = True
+                           ) -> Strategy:
+    """`memory@w` as the service runs it: the exported head's sets and weights, the manifest's constant, one
+    Qdrant formula query per set against the index's sparse item memory (`Resolver.resolve_memory_many`)."""
+    coef = encoder.memory["coef"]
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        emb, sets, weights = encoder.encode_memory(queries)
+        fused = resolver.resolve_memory_many(emb, [MemoryQuery(s, w, coef) for s, w in zip(sets, weights)], n,
+                                             memory_depth, exact=exact)
+        return [Retrieval(vectors=v[None], nearest=np.array([f[0].score if f else -1.0]),
+                          items=[it.id for it in f], representatives=[it.id for it in f[:10]])
+                for v, f in zip(emb, fused)]
+
+    return Strategy("memory", run, encoder, resolver)
 
 
 @dataclass(frozen=True)

@@ -394,3 +394,9 @@ def test_a_request_past_its_deadline_gets_504_and_its_queued_work_is_dropped(set
     for path in ("/search", "/fanout", "/fanout/batch"):
         assert "504" in spec["paths"][path]["post"]["responses"]
 
+
+
+def test_memory_strategy_is_off_without_a_co_membership_index(client):
+    """The Polyvore text index holds no item memory: strategy=memory is a 422 naming the field, not a 500."""
+    assert "memory" not in client.get("/info").json()["strategies"]
+    assert_problem(client.post("/fanout", json={"query": "boots", "strategy": "memory"}), 422, "strategy")

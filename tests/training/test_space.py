@@ -130,25 +130,40 @@ def test_text_space_for_polyvore(polyvore, encoder):
     np.testing.assert_allclose(space.sets[0], space.items[members].mean(0), atol=1e-5)
 
 
-def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, encoder_dir, tmp_path):
-    """The ONNX head equals `query_vectors`; the index built from the space scores by inner product."""
+@pytest.fixture(scope="module")
+def space_artifacts(space, mpd_slice, encoder_dir, tmp_path_factory):
+    """The space's exported head and its index (with the item memory): (encoder dir, index dir, manifest, meta)."""
     from export.space import export_space_encoder
+    from service.encoder import OnnxEncoder
+    from training.index import IndexConfig, build_index
+
+    root = tmp_path_factory.mktemp("space")
+    manifest = export_space_encoder(root / "enc", space, encoder_dir, space_texts(mpd_slice))
+    meta = build_index(mpd_slice, OnnxEncoder(root / "enc"), root / "index", IndexConfig(), space=space)
+    return root / "enc", root / "index", manifest, meta
+
+
+def space_texts(mpd_slice) -> list[str]:
+    return [s.intent for s in mpd_slice.split("val")] + ["late night drive", ""]
+
+
+def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, encoder_dir, space_artifacts):
+    """The ONNX head equals `query_vectors`; the index built from the space scores by inner product."""
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
     from service.store import EdgeStore, MemoryQuery
-    from training.index import SHARD_DIR, IndexConfig, build_index
+    from training.index import SHARD_DIR
 
-    texts = [s.intent for s in mpd_slice.split("val")] + ["late night drive", ""]
-    manifest = export_space_encoder(tmp_path / "enc", space, encoder_dir, texts)
+    enc_dir, index_dir, manifest, meta = space_artifacts
+    texts = space_texts(mpd_slice)
     assert manifest.parity.max_abs_error <= 1e-4 and manifest.encoder.dim == space.dim
     assert manifest.config["space"]["distance"] == "dot"
-    enc = OnnxEncoder(tmp_path / "enc")
+    enc = OnnxEncoder(enc_dir)
     np.testing.assert_allclose(enc.encode(texts), query_vectors(space, OnnxEncoder(encoder_dir).encode(texts)),
                                atol=1e-4)
 
-    meta = build_index(mpd_slice, enc, tmp_path / "index", IndexConfig(), space=space)
     assert meta["distance"] == "dot" and meta["items"] == len(space.item_ids) and meta["space"] == "space-test"
-    store = EdgeStore.open(tmp_path / "index" / SHARD_DIR)
+    store = EdgeStore.open(index_dir / SHARD_DIR)
     try:
         q = enc.encode(["late night drive"])
         ids = [h.id for h in Resolver(store).resolve(q, 10, exact=True)]
@@ -169,6 +184,30 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
             np.testing.assert_allclose([h.score for h in got], np.sort(score)[::-1][:20], rtol=1e-4, atol=1e-5)
     finally:
         store.close()
+
+
+def test_service_runs_the_memory_strategy(space, space_artifacts):
+    """/fanout strategy=memory returns the items the memory query ranks first (the head's sets, the manifest's
+    constant); /info lists it; the served store is the one the test reads."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    enc_dir, index_dir, _, _ = space_artifacts
+    settings = Settings(encoder_dir=enc_dir, index_dir=index_dir, graph="none", dataset="mpd")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/info").json()["strategies"] == ["single", "memory"]
+        rt = client.app.state.runtime
+        body = client.post("/fanout", json={"query": "late night drive", "strategy": "memory", "limit": 15,
+                                            "explain": True}).json()
+        single = client.post("/fanout", json={"query": "late night drive", "strategy": "single", "limit": 15}).json()
+        emb, sets, weights = rt.encoder.encode_memory(["late night drive"])
+        score = space.items @ emb[0] + rt.encoder.memory["coef"] * np.asarray(space.members[sets[0]].T @ weights[0]).ravel()
+        want = [space.item_ids[j] for j in np.argsort(-score, kind="stable")[:15]]
+        assert body["strategy"] == "memory" and [it["id"] for it in body["items"]] == want
+        assert [it["id"] for it in body["items"]] != [it["id"] for it in single["items"]]
+        assert body["view"]["distinct_items"] == 15
 
 
 def test_text_weight_is_chosen_on_val_and_blends_the_text(polyvore, encoder):
