@@ -251,6 +251,8 @@ def memory(
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
     from training.evaluate import single_strategy
+    from service.atomic import write_json_atomic
+    from service.manifest import load_manifest
     from service.store import EdgeStore
     from training.quality import QualityConfig, measure, memory_strategy, served_memory_strategy
     from training.space import Space
@@ -270,10 +272,25 @@ def memory(
         strategies["memory"] = served_memory_strategy(enc, Resolver(edge), memory_depth)
     cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), jitter=(), vendi_runs=1)
     try:
-        measure(strategies, ds, space, cfg, out / f"memory_{dataset}", _command(),
+        report = measure(strategies, ds, space, cfg, out / f"memory_{dataset}", _command(),
                 {"search": "exact: single on an in-memory copy of the index, memory@w by numpy over the space, "
                            "memory (served) by Qdrant Edge's exact search of the index with its item memory",
                  "memory": enc.memory, "memory_depth": memory_depth if served else None})
     finally:
         edge.close()
+    if served:  # the served row's val check goes into the encoder's manifest (not a hashed file): the default reads it
+        manifest = load_manifest(p["encoder"])
+        manifest.config["space"]["memory"]["val"] = _memory_val_check(report["splits"]["val"])
+        write_json_atomic(p["encoder"] / "manifest.json", manifest.model_dump())
+        typer.echo(f"{p['encoder']}: memory {manifest.config['space']['memory']['val']}")
     typer.echo(f"{out}/memory_{dataset}.json")
+
+
+def _memory_val_check(val: dict) -> dict:
+    """The served memory row against single on val, at every cut-off, as `_val_check` records the graph's."""
+    single, row = val["strategies"]["single"], val["strategies"]["memory"]
+    at = {n: {"recall_memory": row["recall"][n], "recall_single": single["recall"][n],
+              "ci_vs_single": row["ci_vs_single"][n], "non_inferior": row["ci_vs_single"][n][1] >= -0.005}
+          for n in row["recall"]}
+    return {"sets": val["queries"], "search": "exact (Qdrant Edge)", "at": at,
+            "non_inferior": all(a["non_inferior"] for a in at.values())}

@@ -156,21 +156,31 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
     return graph
 
 
-def default_strategy(settings: Settings, graph: FanoutGraph | None) -> Default:
-    """(strategy, why) for requests that name none: diffusion only where its graph's manifest records a
-    measured val result no worse than single (written by `r4t space export`), unless R4T_DEFAULT_STRATEGY says."""
+def _verdict(name: str, val: dict) -> str:
+    checks = val.get("at") or {str(val["n"]): val}  # every cut-off checked (older manifests: one)
+    return f"val on {val['sets']} sets, {name} vs single: " + "; ".join(
+        f"R@{n} {c.get(f'recall_{name}', c.get('recall_diffusion')):.4f} vs {c['recall_single']:.4f}, paired 95% "
+        f"[{c['ci_vs_single'][1]:+.4f}, {c['ci_vs_single'][2]:+.4f}]" for n, c in checks.items())
+
+
+def default_strategy(settings: Settings, graph: FanoutGraph | None, memory: dict | None = None) -> Default:
+    """(strategy, why) for requests that name none, unless R4T_DEFAULT_STRATEGY says: diffusion where its graph's
+    manifest records a measured val result no worse than single (written by `r4t space export`), else memory where
+    the encoder's manifest records one for it (`memory`: its config.space.memory, written by `r4t space memory`
+    when the server can run it), else single."""
     if settings.default_strategy:
         return Default(settings.default_strategy, "R4T_DEFAULT_STRATEGY")
-    if graph is None:
-        return Default("single", "no fan-out graph")
-    val = graph.manifest.config.get("provenance", {}).get("val")
-    if not val:
-        return Default("single", "the fan-out graph's manifest records no val check against single")
-    checks = val.get("at") or {str(val["n"]): val}  # every cut-off checked (older manifests: one)
-    verdict = f"val on {val['sets']} sets, diffusion vs single: " + "; ".join(
-        f"R@{n} {c['recall_diffusion']:.4f} vs {c['recall_single']:.4f}, paired 95% "
-        f"[{c['ci_vs_single'][1]:+.4f}, {c['ci_vs_single'][2]:+.4f}]" for n, c in checks.items())
-    return Default("diffusion" if val.get("non_inferior") else "single", verdict)
+    val = graph.manifest.config.get("provenance", {}).get("val") if graph is not None else None
+    if val and val.get("non_inferior"):
+        return Default("diffusion", _verdict("diffusion", val))
+    reasons = [_verdict("diffusion", val) if val else "no fan-out graph" if graph is None else
+               "the fan-out graph's manifest records no val check against single"]
+    mem_val = (memory or {}).get("val")
+    if mem_val and mem_val.get("non_inferior"):
+        return Default("memory", _verdict("memory", mem_val) + "; " + reasons[0])
+    if mem_val:
+        reasons.append(_verdict("memory", mem_val))
+    return Default("single", "; ".join(reasons))
 
 
 def load_runtime(settings: Settings) -> Runtime:
@@ -185,8 +195,8 @@ def load_runtime(settings: Settings) -> Runtime:
     except ArtifactError:
         store.close()  # a refused start must not keep the shard (and its WAL lock) open
         raise
-    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings),
-                      default=default_strategy(settings, graph))
+    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings))
+    runtime.default = default_strategy(settings, graph, encoder.memory if runtime.has_memory else None)
     if runtime.default.name not in runtime.strategies:
         store.close()
         raise ArtifactError(f"R4T_DEFAULT_STRATEGY={runtime.default.name} but this server has no "

@@ -363,6 +363,15 @@ def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
     name, why = default_strategy(measured, FanoutGraph(copy))
     assert name == "single" and "R@500 0.1682" in why and "R@5000 0.4613 vs 0.4673" in why and "-0.0111" in why
     assert default_strategy(settings, None) == ("diffusion", "R4T_DEFAULT_STRATEGY")
+    # Without a non-inferior graph, the memory strategy's own recorded val check decides between it and single.
+    mem = {"sets": 641, "at": {"500": {"recall_memory": 0.1981, "recall_single": 0.1911,
+                                       "ci_vs_single": [0.007, 0.003, 0.011], "non_inferior": True}},
+           "non_inferior": True}
+    name, why = default_strategy(measured, FanoutGraph(copy), {"val": mem})
+    assert name == "memory" and "memory vs single: R@500 0.1981 vs 0.1911" in why and "R@5000 0.4613" in why
+    name, why = default_strategy(measured, None, {"val": {**mem, "non_inferior": False}})
+    assert name == "single" and "no fan-out graph" in why and "memory vs single" in why
+    assert default_strategy(measured, None, {"coef": 1.0}) == ("single", "no fan-out graph")
 
 
 def test_default_strategy_without_its_part_refuses_to_start(settings, index_copy):
