@@ -110,11 +110,12 @@ def export_space_encoder(out_dir: Path, space: Space, text_encoder_dir: Path, pa
                             parity=Parity(reference="pending", n_inputs=0, max_abs_error=float("nan"),
                                           min_cosine=float("nan")))
         write_json_atomic(tmp / "manifest.json", manifest.model_dump())
-        ours = OnnxEncoder(tmp).encode(parity_texts)
+        exported = OnnxEncoder(tmp)
+        ours = exported.encode(parity_texts)
         title_emb = OnnxEncoder(text_encoder_dir).encode(parity_texts)
         reference = query_vectors(space, title_emb)
         if memory:  # the memory query must be the one numpy computes: same sets, same weights
-            _, sets, weights = OnnxEncoder(tmp).encode_memory(parity_texts)
+            _, sets, weights = exported.encode_memory(parity_texts)
             near, sims = nearest_sets(space, title_emb, n=min(space.neighbours + 1, len(space.set_ids)),
                                       with_sims=True)
             ref_w = neighbour_weights(sims, space.temperature, space.neighbours)

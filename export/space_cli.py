@@ -175,10 +175,16 @@ def _val_check(ds, p) -> dict:
     at = {}
     for n in cfg.ns:
         ci = paired_difference(graph.recall_per_query[n], single.recall_per_query[n])
-        at[str(n)] = {"recall_diffusion": round(graph.recall[n], 5), "recall_single": round(single.recall[n], 5),
-                      "ci_vs_single": [round(x, 5) for x in ci], "non_inferior": ci[1] >= -0.005}
-    return {"sets": single.queries, "search": "exact", "at": at,
-            "non_inferior": all(a["non_inferior"] for a in at.values())}
+        at[str(n)] = (round(graph.recall[n], 5), round(single.recall[n], 5), [round(x, 5) for x in ci])
+    return _checked("diffusion", single.queries, "exact", at)
+
+
+def _checked(name: str, sets: int, search: str, at: dict[str, tuple[float, float, list[float]]]) -> dict:
+    """A val check as the service's default reads it, from (recall, single's recall, paired CI) per cut-off:
+    non-inferior only if the CI's lower bound is >= -0.005 at all of them."""
+    at = {n: {f"recall_{name}": r, "recall_single": r_single, "ci_vs_single": ci, "non_inferior": ci[1] >= -0.005}
+          for n, (r, r_single, ci) in at.items()}
+    return {"sets": sets, "search": search, "at": at, "non_inferior": all(a["non_inferior"] for a in at.values())}
 
 
 @space_app.command("quality")
@@ -289,8 +295,5 @@ def memory(
 def _memory_val_check(val: dict) -> dict:
     """The served memory row against single on val, at every cut-off, as `_val_check` records the graph's."""
     single, row = val["strategies"]["single"], val["strategies"]["memory"]
-    at = {n: {"recall_memory": row["recall"][n], "recall_single": single["recall"][n],
-              "ci_vs_single": row["ci_vs_single"][n], "non_inferior": row["ci_vs_single"][n][1] >= -0.005}
-          for n in row["recall"]}
-    return {"sets": val["queries"], "search": "exact (Qdrant Edge)", "at": at,
-            "non_inferior": all(a["non_inferior"] for a in at.values())}
+    return _checked("memory", val["queries"], "exact (Qdrant Edge)",
+                    {n: (row["recall"][n], single["recall"][n], row["ci_vs_single"][n]) for n in row["recall"]})

@@ -68,6 +68,9 @@ class OnnxEncoder:
         self.max_len = self.manifest.encoder.max_seq_len
         self.tokenizer = load_tokenizer(self.directory, self.max_len)
         self.session = make_session(self.directory / MODEL_FILE, device, threads, spin, self.manifest)
+        # The item memory's constants (manifest config.space.memory) when the head gives its query, else None.
+        self.memory: dict | None = (self.manifest.config.get("space", {}).get("memory")
+                                    if set(MEMORY_OUTPUTS) <= set(self.manifest.outputs) else None)
 
     @property
     def provider(self) -> str:
@@ -79,13 +82,6 @@ class OnnxEncoder:
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
         return ids, mask
-
-    @property
-    def memory(self) -> dict | None:
-        """The item memory's constants (manifest config.space.memory) when the head gives its query, else None."""
-        if not set(MEMORY_OUTPUTS) <= set(self.manifest.outputs):
-            return None
-        return self.manifest.config.get("space", {}).get("memory")
 
     def encode_memory(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, D) embeddings, (B, n) nearest train sets and (B, n) their weights, in one run."""

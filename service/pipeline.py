@@ -59,19 +59,21 @@ def check_options(rt: Runtime, opts: FanoutOptions) -> None:
 
 
 async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: list[int], timings: dict):
-    """(query embeddings (N, d), fan-out blocks [(K_i, d)], sub-queries or None)."""
+    """(query embeddings (N, d), fan-out blocks [(K_i, d)], sub-queries or None, item-memory queries or None)."""
     if opts.strategy == "diffusion":
         outs, waited, ran = await rt.graph_batcher.submit(list(zip(queries, seeds)))
         timings.update(queue=waited, sample=ran)
-        return np.stack([o.query_embedding for o in outs]), [o.fanout[: opts.k] for o in outs], None
+        return np.stack([o.query_embedding for o in outs]), [o.fanout[: opts.k] for o in outs], None, None
     if opts.strategy == "memory":  # one vector per query, and its neighbour sets and weights
         outs, waited, ran = await rt.memory_batcher.submit(queries)
         timings.update(queue=waited, encode=ran)
-        return np.stack([o[0] for o in outs]), [(o[0][None], o[1], o[2]) for o in outs], None
+        coef = rt.encoder.memory["coef"]
+        return (np.stack([v for v, _, _ in outs]), [v[None] for v, _, _ in outs], None,
+                [MemoryQuery(sets, weights, coef) for _, sets, weights in outs])
     if opts.strategy == "single":
         vecs, waited, ran = await rt.encoder_batcher.submit(queries)
         timings.update(queue=waited, encode=ran)
-        return np.stack(vecs), [v[None] for v in vecs], None
+        return np.stack(vecs), [v[None] for v in vecs], None, None
     started = time.perf_counter()
     rt.llm_gate.enter()  # 429 when R4T_MAX_LLM_QUEUE requests already wait for or run in the LLM pool
     call = rt.llm_pool.submit(rt.llm.write, queries, opts.k, seeds[0])
@@ -83,7 +85,7 @@ async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: 
     timings.update(queue=waited, encode=ran)
     bounds = np.cumsum([len(queries)] + [len(subs) for subs in subqueries])
     blocks = [np.stack(vecs[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return np.stack(vecs[: len(queries)]), blocks, subqueries
+    return np.stack(vecs[: len(queries)]), blocks, subqueries, None
 
 
 def set_view(query: np.ndarray, fanouts: np.ndarray, items: list[FusedItem]) -> SetView:
@@ -111,7 +113,7 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     seed = opts.seed if opts.seed is not None else secrets.randbits(31)
     seeds = [seed + i for i in range(len(queries))]
     timings: dict[str, float] = {}
-    z, blocks, subqueries = await _vectors(rt, queries, opts, seeds, timings)
+    z, blocks, subqueries, memories = await _vectors(rt, queries, opts, seeds, timings)
     resolve_started = time.perf_counter()
     depth = (opts.mmr.candidates or min(MMR_CANDIDATES, rt.settings.max_limit)) if opts.mmr else opts.limit
     # Hits per query: k rows searched limit_per_fanout deep, `fill` going down to `depth`. A batch is resolved
@@ -120,9 +122,9 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     step = max(1, rt.settings.max_hits_per_call // (opts.k * max(opts.limit_per_fanout, depth)))
     resolved = []
     for lo in range(0, len(blocks), step):
-        resolved += await run_in_threadpool(_resolve, rt, z[lo:lo + step], blocks[lo:lo + step], opts, depth)
+        resolved += await run_in_threadpool(_resolve, rt, z[lo:lo + step], blocks[lo:lo + step], opts, depth,
+                                            memories and memories[lo:lo + step])
     timings["resolve"] = time.perf_counter() - resolve_started
-    blocks = [b[0] if isinstance(b, tuple) else b for b in blocks]  # memory: (vector, sets, weights)
     timings["total"] = time.perf_counter() - started
     ms = {k: round(1e3 * v, 3) for k, v in timings.items()}
     rt.metrics.observe_stages(opts.strategy, ms)
@@ -134,15 +136,14 @@ async def fanout(rt: Runtime, queries: list[str], opts: FanoutOptions, field: st
     ]
 
 
-def _resolve(rt: Runtime, z: np.ndarray, blocks: list[np.ndarray], opts: FanoutOptions,
-             depth: int) -> list[tuple[list[FanoutItem], SetView | None]]:
-    """One store call for these queries' blocks, then MMR and the explained view (off the event loop)."""
+def _resolve(rt: Runtime, z: np.ndarray, blocks: list[np.ndarray], opts: FanoutOptions, depth: int,
+             memories: list[MemoryQuery] | None = None) -> list[tuple[list[FanoutItem], SetView | None]]:
+    """One store call for these queries' blocks (or item-memory queries), then MMR and the explained view (off the
+    event loop)."""
     with_vectors = opts.mmr is not None or opts.explain
-    if opts.strategy == "memory":
-        memories = [MemoryQuery(sets, weights, rt.encoder.memory["coef"]) for _, sets, weights in blocks]
+    if memories:
         fused = rt.resolver.resolve_memory_many(z, memories, depth, rt.settings.memory_depth, opts.filter,
                                                 with_vectors, hnsw_ef=rt.settings.hnsw_ef)
-        blocks = [b[0] for b in blocks]
     else:
         fused = rt.resolver.resolve_many(blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter, with_vectors,
                                          fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef)

@@ -192,9 +192,7 @@ class Resolver:
             for i, hits in zip(short, self._search([blocks[i] for i in short], depth, filter, with_vectors, exact,
                                                    hnsw_ef)):
                 results[i] = hits
-        fused = [fuse(hits, fusion, limit) for hits in results]
-        payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
-        return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
+        return self._named([fuse(hits, fusion, limit) for hits in results])
 
     def resolve_memory_many(
         self,
@@ -213,7 +211,10 @@ class Resolver:
         results = self.store.search_memory_batch(np.asarray(vectors, np.float32), memories, limit, memory_depth,
                                                  filter=filter, with_vectors=with_vectors, exact=exact,
                                                  hnsw_ef=hnsw_ef, with_payload=False)
-        fused = [fuse([hits], "union", limit) for hits in results]
+        return self._named([fuse([hits], "union", limit) for hits in results])
+
+    def _named(self, fused: list[list[FusedItem]]) -> list[list[FusedItem]]:
+        """Fused items found by point id, named by their payloads: one payload read for every returned item."""
         payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
         return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
 

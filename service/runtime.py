@@ -66,7 +66,7 @@ class Runtime:
     @property
     def has_memory(self) -> bool:
         """The encoder gives the item memory's query and the index holds the memory."""
-        return self.encoder.memory is not None and getattr(self.store, "memory", False)
+        return self.encoder.memory is not None and self.store.memory
 
     @property
     def max_k(self) -> int:
@@ -159,7 +159,7 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
 def _verdict(name: str, val: dict) -> str:
     checks = val.get("at") or {str(val["n"]): val}  # every cut-off checked (older manifests: one)
     return f"val on {val['sets']} sets, {name} vs single: " + "; ".join(
-        f"R@{n} {c.get(f'recall_{name}', c.get('recall_diffusion')):.4f} vs {c['recall_single']:.4f}, paired 95% "
+        f"R@{n} {c[f'recall_{name}']:.4f} vs {c['recall_single']:.4f}, paired 95% "
         f"[{c['ci_vs_single'][1]:+.4f}, {c['ci_vs_single'][2]:+.4f}]" for n, c in checks.items())
 
 

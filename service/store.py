@@ -355,14 +355,13 @@ class EdgeStore:
         quantization = qe.QuantizationSearchParams(ignore=exact, rescore=True, oversampling=self.oversampling)
         params = qe.SearchParams(hnsw_ef=max(hnsw_ef or self.default_ef, limit), exact=exact,
                                  quantization=quantization)
-        requests = []
+        E, requests = qe.Expression, []
         for q, m in zip(vectors, memories):
             dense = qe.Query.Nearest(q.tolist())
             by_memory = qe.Prefetch(limit=memory_depth, query=qe.Query.Nearest(qe.SparseVector(*m.nonzero()),
                                                                                 using=MEMORY), filter=f)
             union = qe.Prefetch(limit=limit + memory_depth, query=dense, params=params, filter=f,
                                 prefetches=[qe.Prefetch(limit=limit, query=dense, params=params, filter=f), by_memory])
-            E = qe.Expression
             formula = E.Sum([E.Variable("$score[0]"), E.Mult([E.Constant(float(m.coef)), E.Variable("$score[1]")])])
             requests.append(qe.QueryRequest(limit=limit, query=qe.Formula(formula, defaults={"$score[1]": 0.0}),
                                             prefetches=[union, by_memory], filter=f, with_payload=with_payload,

@@ -69,6 +69,7 @@ def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: 
     with payloads; `done(n)` after each upserted (flushed) chunk, n = items stored so far."""
     items = list(dataset.items.values())
     row = {i: j for j, i in enumerate(space.item_ids)} if space is not None else None
+    held = space.members.tocsc() if store.memory else None  # (S, N): column j = the train sets holding item j
     bar = tqdm(total=len(items), initial=start, desc=f"index {dataset.name}", unit="item")
     for lo in range(start, len(items), cfg.upsert_every):
         chunk = items[lo : lo + cfg.upsert_every]
@@ -77,8 +78,8 @@ def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: 
         else:
             vectors = space.items[[row[it.id] for it in chunk]]  # (n, k)
         memory = None
-        if getattr(store, "memory", False):  # which train sets hold each item (columns of the incidence)
-            cols = space.members.tocsc()[:, [row[it.id] for it in chunk]]
+        if held is not None:
+            cols = held[:, [row[it.id] for it in chunk]]
             memory = [cols.indices[cols.indptr[j]:cols.indptr[j + 1]].tolist() for j in range(len(chunk))]
         store.upsert([it.id for it in chunk], vectors, [{"text": it.text, **it.payload} for it in chunk], memory=memory)
         bar.update(len(chunk))

@@ -350,6 +350,5 @@ def memory_scales(space: Space, sample: int = 1_000, seed: int = 0) -> dict:
     near, sims = nearest_sets(space, emb, own, n=min(n + 1, len(space.set_ids)), with_sims=True)
     weights = neighbour_weights(sims, space.temperature, n)
     dense = (query_vectors(space, emb, own) @ space.items.T).std(1)  # (B,)
-    members = space.members.T.tocsr()  # (N, S)
-    memory = np.array([np.asarray(members[:, near[b, :n]] @ weights[b]).std() for b in range(len(rows))])
+    memory = np.array([np.asarray(space.members[near[b, :n]].T @ weights[b]).std() for b in range(len(rows))])
     return {"dense_scale": float(np.median(dense)), "memory_scale": float(np.median(memory)), "titles": len(rows)}
