@@ -48,7 +48,7 @@ $(GRAPH): $(MODEL)
 # check goes into the space encoder's manifest, which the service's default strategy reads (~8 min on 2 cores).
 MEMORY := $(ARTIFACTS)/reports/memory_$(DATASET).json
 $(MEMORY): $(GRAPH)
-	$(BIN)/r4t space memory --dataset $(DATASET) --weights 0.1 --out $(ARTIFACTS)/reports
+	$(BIN)/r4t space memory --dataset $(DATASET) --weights 0.1 --memory-depths 2000 --out $(ARTIFACTS)/reports
 
 index: $(SPACE_INDEX)
 

@@ -192,6 +192,9 @@ def quality(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),
     name: str = NAME_OPT,
     jitter: str = typer.Option("0.05,0.1,0.2,0.4", help="Scales of the jittered-query control"),
+    memory_jitter: str = typer.Option("0.1,0.2", help="Scales of the jittered control around the memory (rows "
+                                      "jitter@<s>+memory, beside diffusion+memory); the space needs a memory"),
+    memory_depth: int = typer.Option(2_000, help="The served memory row's depth (R4T_MEMORY_DEPTH)"),
     splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
     max_queries: int = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look"),
     vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi"),
@@ -207,8 +210,10 @@ def quality(
     from service.graph import FanoutGraph
     from service.resolver import Resolver
     from service.store import EdgeStore
-    from training.evaluate import graph_strategy, jitter_strategy, neighbour_sets_strategy, single_strategy
-    from training.quality import QualityConfig, measure, popular_strategy, teacher_strategy
+    from training.evaluate import (graph_rows, graph_strategy, jitter_rows, jitter_strategy, neighbour_sets_strategy,
+                                   single_strategy)
+    from training.quality import (QualityConfig, measure, memory_fanout_strategy, popular_strategy,
+                                  served_memory_strategy, teacher_strategy)
     from training.space import Space, TeacherConfig
 
     _start(dataset)
@@ -227,15 +232,28 @@ def quality(
                   "popular": popular_strategy(ds, enc, res), "neighbours": neighbour_sets_strategy(text, base, ds, 10),
                   **{f"jitter@{s:g}": jitter_strategy(enc, res, 10, s) for s in cfg.jitter},
                   "teacher": teacher_strategy(space, text, enc, res, TeacherConfig())}
-    if p["graph"].is_dir():
-        graph = FanoutGraph(p["graph"])
+    graph = FanoutGraph(p["graph"]) if p["graph"].is_dir() else None
+    if graph:
         strategies["diffusion"] = graph_strategy("diffusion", graph, enc, res)
-        extra = {"graph": graph.manifest.config.get("provenance", {}) | {"steps": graph.info.steps}}
-    else:
-        extra = {"graph": None}
-    command = _command()
-    extra["search"] = "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, int8 + HNSW)"
-    measure(strategies, ds, space, cfg, out / f"quality_{dataset}", command, extra)
+    edge = EdgeStore.open(p["index"] / "shard") if exact else stores[1]
+    if enc.memory is not None and edge.memory:  # the served memory row, and fan-outs around the memory
+        strategies["memory"] = served_memory_strategy(enc, Resolver(edge), memory_depth, exact=exact)
+        if graph:
+            strategies["diffusion+memory"] = memory_fanout_strategy("diffusion+memory", space, enc, res,
+                                                                    graph_rows(graph))
+        for s in (float(x) for x in memory_jitter.split(",") if x):
+            strategies[f"jitter@{s:g}+memory"] = memory_fanout_strategy(f"jitter@{s:g}+memory", space, enc, res,
+                                                                        jitter_rows(10, s))
+    extra = {"graph": graph.manifest.config.get("provenance", {}) | {"steps": graph.info.steps} if graph else None,
+             "search": "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, int8 + HNSW)",
+             "memory": {"depth": memory_depth, "search": "Qdrant Edge formula query, exact" if exact else "served",
+                        "fanouts": "exact numpy (the served memory formula per row), not served"}
+             if "memory" in strategies else None}
+    try:
+        measure(strategies, ds, space, cfg, out / f"quality_{dataset}", _command(), extra)
+    finally:
+        if exact:
+            edge.close()
     typer.echo(f"{out}/quality_{dataset}.json")
 
 
@@ -245,8 +263,9 @@ def memory(
     name: str = NAME_OPT,
     weights: str = typer.Option("0.05,0.1,0.2,0.5", help="Weights of the neighbour sets' item memory"),
     splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
-    memory_depth: int = typer.Option(20_000, help="Served row: items the sparse prefetch returns (all that the "
-                                     "neighbour sets hold, when it is large enough)"),
+    memory_depths: str = typer.Option("2000,20000", help="Served rows: items the sparse prefetch returns; the first "
+                                      "is the `memory` row (the service's R4T_MEMORY_DEPTH), the others "
+                                      "memory@depth<d> (20,000 holds every item the MPD neighbour sets hold: exact)"),
     out: Path = typer.Option(Path("results"), help="Directory of memory_<dataset>.{json,md}"),
     artifacts: Optional[Path] = ARTIFACTS_OPT,
     data_dir: Optional[Path] = DATA_OPT,
@@ -274,26 +293,27 @@ def memory(
     strategies = {"single": single_strategy(enc, res, 10), **memories}
     edge = EdgeStore.open(p["index"] / "shard")
     served = enc.memory is not None and edge.memory
-    if served:  # the served path: the head's outputs and one Qdrant formula query per set (exact search)
-        strategies["memory"] = served_memory_strategy(enc, Resolver(edge), memory_depth)
+    depths = [int(d) for d in memory_depths.split(",") if d] if served else []
+    for i, depth in enumerate(depths):  # the served path: the head's outputs, one Qdrant formula query per set
+        strategies["memory" if i == 0 else f"memory@depth{depth}"] = served_memory_strategy(enc, Resolver(edge), depth)
     cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), jitter=(), vendi_runs=1)
     try:
         report = measure(strategies, ds, space, cfg, out / f"memory_{dataset}", _command(),
                 {"search": "exact: single on an in-memory copy of the index, memory@w by numpy over the space, "
                            "memory (served) by Qdrant Edge's exact search of the index with its item memory",
-                 "memory": enc.memory, "memory_depth": memory_depth if served else None})
+                 "memory": enc.memory, "memory_depths": depths})
     finally:
         edge.close()
     if served:  # the served row's val check goes into the encoder's manifest (not a hashed file): the default reads it
         manifest = load_manifest(p["encoder"])
-        manifest.config["space"]["memory"]["val"] = _memory_val_check(report["splits"]["val"])
+        manifest.config["space"]["memory"]["val"] = _memory_val_check(report["splits"]["val"], depths[0])
         write_json_atomic(p["encoder"] / "manifest.json", manifest.model_dump())
         typer.echo(f"{p['encoder']}: memory {manifest.config['space']['memory']['val']}")
     typer.echo(f"{out}/memory_{dataset}.json")
 
 
-def _memory_val_check(val: dict) -> dict:
+def _memory_val_check(val: dict, depth: int) -> dict:
     """The served memory row against single on val, at every cut-off, as `_val_check` records the graph's."""
     single, row = val["strategies"]["single"], val["strategies"]["memory"]
-    return _checked("memory", val["queries"], "exact (Qdrant Edge)",
+    return _checked("memory", val["queries"], f"Qdrant Edge exact search, memory depth {depth}",
                     {n: (row["recall"][n], single["recall"][n], row["ci_vs_single"][n]) for n in row["recall"]})

@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(256, gt=0, description="Queries one /fanout/batch request may carry "
                                                           "(at most max_queue)")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Larger request bodies get 413")
-    memory_depth: int = Field(20_000, gt=0, description="memory strategy: items the sparse prefetch returns (the "
-                              "ranking is exact while the query's neighbour sets hold no more items than this)")
+    memory_depth: int = Field(2_000, gt=0, description="memory strategy: items the sparse prefetch returns (the "
+                              "ranking is exact while the query's neighbour sets hold no more items than this; "
+                              "2,000 ties the exact depth on MPD: results/memory_mpd.md)")
     max_hits_per_call: int = Field(100_000, gt=0, description="Hits one store call may return (queries × k × "
                                                               "depth); a larger batch is resolved in several "
                                                               "calls, so its memory stays bounded")

@@ -126,13 +126,23 @@ def jitter_strategy(encoder: OnnxEncoder, resolver: Resolver, k: int, scale: flo
     renormalised and resolved as R4T-Diffusion's rows are. It prices the spread itself: what any set of rows
     scattered around the intent at that distance gets, in recall and in run-to-run Vendi."""
 
+    rows = jitter_rows(k, scale)
+
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
-        noise = np.random.default_rng(seed).standard_normal((len(qv), k, qv.shape[1])) / np.sqrt(qv.shape[1])
-        rows = qv[:, None, :] + scale * noise
-        rows /= np.linalg.norm(rows, axis=-1, keepdims=True)
-        return retrieve_blocks(resolver, list(rows.astype(np.float32)), n)
+        return retrieve_blocks(resolver, list(rows(queries, qv, seed)), n)
 
     return Strategy(f"jittered intent (s={scale:g})", run, encoder, resolver, stochastic=True)
+
+
+def jitter_rows(k: int, scale: float):
+    """(queries, (B, D) query vectors, seed) -> (B, k, D) rows: each query plus isotropic noise, renormalised."""
+
+    def rows(queries: list[str], qv: np.ndarray, seed: int) -> np.ndarray:
+        noise = np.random.default_rng(seed).standard_normal((len(qv), k, qv.shape[1])) / np.sqrt(qv.shape[1])
+        out = qv[:, None, :] + scale * noise
+        return (out / np.linalg.norm(out, axis=-1, keepdims=True)).astype(np.float32)
+
+    return rows
 
 
 def neighbour_sets_strategy(encoder: OnnxEncoder, resolver: Resolver, dataset: Dataset, k: int) -> Strategy:
@@ -241,13 +251,23 @@ def graph_strategy(name: str, graph, encoder: OnnxEncoder, resolver: Resolver, b
     """R4T-Diffusion through an exported graph (`service.graph.FanoutGraph`, ONNX Runtime), fed the same
     seeded noise as `diffusion_strategy`, so the two rows differ only by the export's numerics."""
 
+    rows = graph_rows(graph, batch)
+
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
-        noise = seeded_noise(len(queries), graph.rows, graph.dim, seed)
-        fanout = np.concatenate([graph.run_noise(queries[i : i + batch], noise[i : i + batch].numpy())[1]
-                                 for i in range(0, len(queries), batch)])
-        return retrieve_blocks(resolver, list(fanout), n)
+        return retrieve_blocks(resolver, list(rows(queries, qv, seed)), n)
 
     return Strategy(name, run, encoder, resolver, stochastic=True)
+
+
+def graph_rows(graph, batch: int = 64):
+    """(queries, query vectors, seed) -> (B, L, D) fan-out rows of an exported graph, from the run's seeded noise."""
+
+    def rows(queries: list[str], qv: np.ndarray, seed: int) -> np.ndarray:
+        noise = seeded_noise(len(queries), graph.rows, graph.dim, seed)
+        return np.concatenate([graph.run_noise(queries[i : i + batch], noise[i : i + batch].numpy())[1]
+                               for i in range(0, len(queries), batch)])
+
+    return rows
 
 
 def retrieve_blocks(resolver: Resolver, blocks: list[np.ndarray], n: int) -> list[Retrieval]:

@@ -106,6 +106,31 @@ def served_memory_strategy(encoder: OnnxEncoder, resolver: Resolver, memory_dept
     return Strategy("memory", run, encoder, resolver)
 
 
+def memory_fanout_strategy(name: str, space: Space, encoder: OnnxEncoder, resolver: Resolver, rows_of,
+                           stochastic: bool = True) -> Strategy:
+    """A fan-out around the memory (not served): each of the K rows `rows_of(queries, qv, seed)` gives is scored
+    q_k·v + coef·Σ_j w_j [v ∈ set_j], the served memory formula with the query's own neighbour sets, exact in
+    numpy over the whole catalog; the K lists are fused rank-major to N distinct items as `retrieve_blocks`
+    fuses a fan-out. With the graph's rows it is the diffusion around `memory`; with jittered rows, its control."""
+    coef = encoder.memory["coef"]
+
+    def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
+        _, sets, weights = encoder.encode_memory(queries)
+        out = []
+        for block, s, w in zip(rows_of(queries, qv, seed), sets, weights):
+            scores = space.items @ block.T + coef * np.asarray(space.members[s].T @ w).ravel()[:, None]  # (N, K)
+            top = np.argpartition(-scores, n, axis=0)[:n]  # (n, K)
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 0), 0, kind="stable"), 0)
+            ranked = top.ravel()  # rank-major: every row's rank 0, then every row's rank 1, ...
+            _, first = np.unique(ranked, return_index=True)
+            items = [space.item_ids[i] for i in ranked[np.sort(first)[:n]]]
+            out.append(Retrieval(vectors=block, nearest=scores[top[0], np.arange(len(block))], items=items,
+                                 representatives=list(dict.fromkeys(space.item_ids[i] for i in top[0]))))
+        return out
+
+    return Strategy(name, run, encoder, resolver, stochastic=stochastic)
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     splits: tuple[str, ...] = ("val", "test")
@@ -115,21 +140,24 @@ class QualityConfig:
     seed: int = 0
 
 
-def row_json(row: Row, single: Row | None) -> dict:
+def row_json(row: Row, single: Row | None, memory: Row | None = None) -> dict:
+    """A row's numbers; `ci_vs_single` (and `ci_vs_memory` for a fan-out around the memory) are paired intervals."""
     out = {"recall": {str(n): round(v, 6) for n, v in row.recall.items()},
            "hit": {str(n): round(v, 6) for n, v in row.hit.items()}, "vendi": round(row.vendi_runs, 6),
            "groundedness": round(row.groundedness, 6), "diversity": round(row.diversity, 6),
            "alignment": round(row.alignment, 6), "distinct": round(row.distinct, 3), "seconds": row.seconds}
-    if single is not None:
-        out["ci_vs_single"] = {str(n): [round(x, 6) for x in paired_difference(row.recall_per_query[n],
-                                                                                single.recall_per_query[n])]
-                               for n in row.recall}
+    for key, base in (("ci_vs_single", single), ("ci_vs_memory", memory)):
+        if base is not None:
+            out[key] = {str(n): [round(x, 6) for x in paired_difference(row.recall_per_query[n],
+                                                                         base.recall_per_query[n])]
+                        for n in row.recall}
     return out
 
 
-def matched_jitter(rows: dict[str, Row], name: str = "diffusion") -> dict | None:
-    """The jitter control whose run-to-run Vendi is closest to `name`'s, and the paired interval of name - it."""
-    jitters = [j for j in rows if j.startswith("jitter@")]
+def matched_jitter(rows: dict[str, Row], name: str = "diffusion", suffix: str = "") -> dict | None:
+    """The jitter control (rows `jitter@<s><suffix>`) whose run-to-run Vendi is closest to `name`'s, and the paired
+    interval of name - it."""
+    jitters = [j for j in rows if j.startswith("jitter@") and j.endswith(suffix) and ("+" in j) == bool(suffix)]
     if name not in rows or not jitters:
         return None
     row = rows[name]
@@ -153,8 +181,11 @@ def measure(strategies: dict[str, Strategy], dataset: Dataset, space: Space, cfg
         rows = {name: score_split(s, dataset, split, ecfg) for name, s in strategies.items()}
         single = rows.get("single")
         report["splits"][split] = {"queries": next(iter(rows.values())).queries, "strategies": {
-            name: row_json(r, single if name != "single" else None) for name, r in rows.items()}}
+            name: row_json(r, single if name != "single" else None,
+                           rows.get("memory") if name.endswith("+memory") else None) for name, r in rows.items()}}
         report["splits"][split]["matched_jitter"] = matched_jitter(rows)
+        if "diffusion+memory" in rows:
+            report["splits"][split]["matched_jitter_memory"] = matched_jitter(rows, "diffusion+memory", "+memory")
         log.info("%s %s: %s", dataset.name, split, {n: r.recall for n, r in rows.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_suffix(".json"), report)
@@ -179,7 +210,11 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{r['recall'][n]:.4f}" for n in ns) + " | " + " | ".join(deltas)
                          + " | " + " | ".join(f"{r['hit'][n]:.4f}" for n in ns)
                          + f" | {r['vendi']:.4f} | {r['distinct']:.1f} |")
-        if m := block.get("matched_jitter"):
+        for name, r in block["strategies"].items():
+            if ci := r.get("ci_vs_memory"):
+                lines += ["", f"`{name}` − `memory` (its own query with the memory, no fan-out): "
+                          + "; ".join(f"Δ@{n} {c[0]:+.4f} [{c[1]:+.4f}, {c[2]:+.4f}]" for n, c in ci.items())]
+        for m in filter(None, (block.get("matched_jitter"), block.get("matched_jitter_memory"))):
             lines += ["", f"`{m['strategy']}` − `{m['jitter']}` (the jitter at the nearest Vendi, {m['vendi'][0]:.4f} vs "
                       f"{m['vendi'][1]:.4f}): " + "; ".join(f"Δ@{n} {c[0]:+.4f} [{c[1]:+.4f}, {c[2]:+.4f}]"
                                                             for n, c in m["ci"].items())]

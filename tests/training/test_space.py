@@ -245,6 +245,33 @@ def test_text_weighted_head_exports_with_parity(polyvore, encoder, encoder_dir, 
                                atol=1e-4)
 
 
+def test_memory_fanout_scores_each_row_by_the_served_memory_formula(space, mpd_slice, space_artifacts):
+    """K copies of the query give the served memory's own top N; K jittered rows each put their top item first."""
+    from service.encoder import OnnxEncoder
+    from training.evaluate import jitter_rows
+    from training.quality import memory_fanout_strategy
+
+    enc = OnnxEncoder(space_artifacts[0])
+    queries = space_texts(mpd_slice)[:3]
+    qv = enc.encode(queries)
+    _, sets, weights = enc.encode_memory(queries)
+    scores = [space.items @ q + enc.memory["coef"] * np.asarray(space.members[s].T @ w).ravel()
+              for q, s, w in zip(qv, sets, weights)]
+    row = {item: i for i, item in enumerate(space.item_ids)}
+    copies = memory_fanout_strategy("copies", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 4, 1),
+                                    stochastic=False).run(queries, qv, 30, 0)
+    for score, got in zip(scores, copies):  # tied items in either order
+        assert len(set(got.items)) == 30
+        np.testing.assert_allclose(score[[row[i] for i in got.items]], np.sort(score)[::-1][:30], rtol=1e-5)
+    jittered = memory_fanout_strategy("jitter", space, enc, None, jitter_rows(4, 1.0)).run(queries, qv, 30, 1)
+    for s, w, got in zip(sets, weights, jittered):
+        memory = enc.memory["coef"] * np.asarray(space.members[s].T @ w).ravel()
+        per_row = [space.items @ r + memory for r in got.vectors]  # each row's top item leads (ties: either)
+        assert set(got.representatives) <= set(got.items[:4]) and len(set(got.items)) == 30
+        for score in per_row:
+            assert max(score[row[i]] for i in got.representatives) == pytest.approx(score.max(), rel=1e-5)
+
+
 def test_memory_strategy_adds_the_neighbour_sets_members_to_the_factor_score(space, mpd_slice, encoder):
     from training.quality import memory_strategy
 
