@@ -163,24 +163,29 @@ def _verdict(name: str, val: dict) -> str:
         f"[{c['ci_vs_single'][1]:+.4f}, {c['ci_vs_single'][2]:+.4f}]" for n, c in checks.items())
 
 
+def _mean_recall(name: str, val: dict) -> float:
+    checks = val.get("at") or {str(val["n"]): val}
+    return sum(c[f"recall_{name}"] for c in checks.values()) / len(checks)
+
+
 def default_strategy(settings: Settings, graph: FanoutGraph | None, memory: dict | None = None) -> Default:
-    """(strategy, why) for requests that name none, unless R4T_DEFAULT_STRATEGY says: diffusion where its graph's
-    manifest records a measured val result no worse than single (written by `r4t space export`), else memory where
-    the encoder's manifest records one for it (`memory`: its config.space.memory, written by `r4t space memory`
-    when the server can run it), else single."""
+    """(strategy, why) for requests that name none, unless R4T_DEFAULT_STRATEGY says: of diffusion (its graph's
+    manifest, written by `r4t space export`) and memory (the encoder's config.space.memory, written by
+    `r4t space memory`, when the server can run it), the one whose recorded val check is no worse than single at
+    every cut-off and whose val recall is higher (mean over the cut-offs; a tie goes to diffusion), else single."""
     if settings.default_strategy:
         return Default(settings.default_strategy, "R4T_DEFAULT_STRATEGY")
     val = graph.manifest.config.get("provenance", {}).get("val") if graph is not None else None
-    if val and val.get("non_inferior"):
-        return Default("diffusion", _verdict("diffusion", val))
-    reasons = [_verdict("diffusion", val) if val else "no fan-out graph" if graph is None else
-               "the fan-out graph's manifest records no val check against single"]
     mem_val = (memory or {}).get("val")
-    if mem_val and mem_val.get("non_inferior"):
-        return Default("memory", _verdict("memory", mem_val) + "; " + reasons[0])
+    reasons = {"diffusion": _verdict("diffusion", val) if val else "no fan-out graph" if graph is None else
+               "the fan-out graph's manifest records no val check against single"}
     if mem_val:
-        reasons.append(_verdict("memory", mem_val))
-    return Default("single", "; ".join(reasons))
+        reasons["memory"] = _verdict("memory", mem_val)
+    passed = [(name, v) for name, v in (("diffusion", val), ("memory", mem_val)) if v and v.get("non_inferior")]
+    if not passed:
+        return Default("single", "; ".join(reasons.values()))
+    name, _ = max(passed, key=lambda c: _mean_recall(*c))
+    return Default(name, "; ".join([reasons[name]] + [r for n, r in reasons.items() if n != name]))
 
 
 def load_runtime(settings: Settings) -> Runtime:

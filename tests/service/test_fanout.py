@@ -372,6 +372,13 @@ def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
     name, why = default_strategy(measured, None, {"val": {**mem, "non_inferior": False}})
     assert name == "single" and "no fan-out graph" in why and "memory vs single" in why
     assert default_strategy(measured, None, {"coef": 1.0}) == ("single", "no fan-out graph")
+    # Both no worse than single: the higher val recall wins (diffusion 0.1682 at its one cut-off against 0.1981).
+    manifest.config["provenance"] = {"val": val}
+    write_json_atomic(copy / "manifest.json", manifest.model_dump())
+    name, why = default_strategy(measured, FanoutGraph(copy), {"val": mem})
+    assert name == "memory" and why.index("memory vs single") < why.index("diffusion vs single")
+    better = {**mem, "at": {"500": {**mem["at"]["500"], "recall_memory": 0.1600}}}
+    assert default_strategy(measured, FanoutGraph(copy), {"val": better}).name == "diffusion"
 
 
 def test_default_strategy_without_its_part_refuses_to_start(settings, index_copy):
