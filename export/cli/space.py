@@ -17,18 +17,18 @@ from typing import Optional
 
 import typer
 
+from export.cli.common import ARTIFACTS_OPT, DATA_OPT
+
 space_app = typer.Typer(help="The co-membership space, its teacher pairs, graph and quality table.",
                         no_args_is_help=True)
 
 NAME_OPT = typer.Option("", help="Space name; default space-<dataset>")
-ARTIFACTS_OPT = typer.Option(None, help="Artifacts root (R4T_ARTIFACTS_DIR)")
-DATA_OPT = typer.Option(None, help="Data root; default ../shared/data or ./data (R4T_DATA_DIR)")
 
 
 def _paths(dataset: str, name: str, artifacts: Path | None):
-    from export.cli import _settings
+    from export.cli.common import settings_for
 
-    settings = _settings(dataset, artifacts)
+    settings = settings_for(dataset, artifacts)
     name = name or f"space-{dataset}"
     root = settings.artifacts_dir
     return settings, name, {"space": root / "spaces" / name, "encoder": root / "encoders" / name,
@@ -76,16 +76,16 @@ def build(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Fit the space on train sets, export its query encoder (ONNX, parity-checked) and build its index."""
-    from export.cli import _export_encoder, _parity_texts, _start
+    from export.cli.common import export_encoder_artifact, parity_texts, start_dataset
     from export.space import export_space_encoder
     from service.encoder import OnnxEncoder
     from training.index import IndexConfig, build_index
     from training.space import Space, SpaceConfig, build_space
 
-    _start(dataset)
+    start_dataset(dataset)
     settings, name, p = _paths(dataset, name, artifacts)
     if not (p["text"] / "manifest.json").is_file():
-        _export_encoder("", settings.encoder, artifacts, data_dir)
+        export_encoder_artifact("", settings.encoder, artifacts, data_dir)
     ds = _dataset(dataset, data_dir)
     if not (p["space"] / "space.json").is_file():
         cfg = SpaceConfig(kind=kind, factors=factors, gamma=gamma, neighbours=neighbours, temperature=temperature,
@@ -93,7 +93,7 @@ def build(
         build_space(ds, OnnxEncoder(p["text"]), cfg, name).save(p["space"])
     space = Space.load(p["space"])
     if not (p["encoder"] / "manifest.json").is_file():
-        export_space_encoder(p["encoder"], space, p["text"], _parity_texts(data_dir, 64))
+        export_space_encoder(p["encoder"], space, p["text"], parity_texts(data_dir, 64))
     meta = build_index(ds, OnnxEncoder(p["encoder"]), p["index"], IndexConfig(), space=space)
     typer.echo(f"space {name} ({space.kind}, {space.dim}-d, {space.distance}, text weight {space.text_weight:g}): "
                f"{meta['items']} items in {p['index']}")
@@ -108,10 +108,10 @@ def pairs(
     artifacts: Optional[Path] = ARTIFACTS_OPT,
 ) -> None:
     """Neighbourhood-teacher pairs: every train intent -> K rows from the sets of the nearest *other* intents."""
-    from export.cli import _start
+    from export.cli.common import start_dataset
     from training.space import SYNTH_FILE, Space, TeacherConfig, write_teacher_pairs
 
-    _start(dataset)
+    start_dataset(dataset)
     _, name, p = _paths(dataset, name, artifacts)
     if (p["pairs"] / SYNTH_FILE).is_file():
         typer.echo(f"{p['pairs']} is complete ({SYNTH_FILE}): nothing to do")
@@ -130,7 +130,7 @@ def export(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Space head + denoiser as one graph; its val recall against `single` lands in the manifest (`/info`)."""
-    from export.cli import _start
+    from export.cli.common import start_dataset
     from export.fanout import FanoutExportConfig, export_fanout
     from export.space import load_head
     from service.atomic import write_json_atomic
@@ -139,7 +139,7 @@ def export(
     from training.diffusion.train import load_model
     from training.space import Space
 
-    _start(dataset)
+    start_dataset(dataset)
     _, name, p = _paths(dataset, name, artifacts)
     ds = _dataset(dataset, data_dir)
     space = Space.load(p["space"])
@@ -205,7 +205,7 @@ def quality(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Every strategy on every val and test set: results/quality_<dataset>.json (the service's default reads it)."""
-    from export.cli import _start
+    from export.cli.common import start_dataset
     from service.encoder import OnnxEncoder
     from service.graph import FanoutGraph
     from service.resolver import Resolver
@@ -216,7 +216,7 @@ def quality(
                                   served_memory_strategy, teacher_strategy)
     from training.space import Space, TeacherConfig
 
-    _start(dataset)
+    start_dataset(dataset)
     _, name, p = _paths(dataset, name, artifacts)
     ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
     cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s),
@@ -272,7 +272,7 @@ def memory(
 ) -> None:
     """`single` against `single` + the nearest train sets' item memory (exact, whole catalog) on every val and
     test set: results/memory_<dataset>.{json,md}. Pick the weight on val, read it on test."""
-    from export.cli import _start
+    from export.cli.common import start_dataset
     from service.encoder import OnnxEncoder
     from service.resolver import Resolver
     from training.evaluate import single_strategy
@@ -282,7 +282,7 @@ def memory(
     from training.quality import QualityConfig, measure, memory_strategy, served_memory_strategy
     from training.space import Space
 
-    _start(dataset)
+    start_dataset(dataset)
     _, name, p = _paths(dataset, name, artifacts)
     ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
     if space.kind != "comember":
