@@ -19,7 +19,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidInput
-from service.resolver import FusedItem, mmr
+from service.resolver import FusedItem, SearchOptions, mmr
 from service.runtime import Runtime, check_query
 from service.schemas import (
     FanoutItem,
@@ -140,13 +140,12 @@ def _resolve(rt: Runtime, z: np.ndarray, blocks: list[np.ndarray], opts: FanoutO
              memories: list[MemoryQuery] | None = None) -> list[tuple[list[FanoutItem], SetView | None]]:
     """One store call for these queries' blocks (or item-memory queries), then MMR and the explained view (off the
     event loop)."""
-    with_vectors = opts.mmr is not None or opts.explain
+    search = SearchOptions(opts.filter, with_vectors=opts.mmr is not None or opts.explain,
+                           hnsw_ef=rt.settings.hnsw_ef)
     if memories:
-        fused = rt.resolver.resolve_memory_many(z, memories, depth, rt.settings.memory_depth, opts.filter,
-                                                with_vectors, hnsw_ef=rt.settings.hnsw_ef)
+        fused = rt.resolver.resolve_memory_many(z, memories, depth, rt.settings.memory_depth, search)
     else:
-        fused = rt.resolver.resolve_many(blocks, opts.limit_per_fanout, opts.fusion, depth, opts.filter, with_vectors,
-                                         fill=opts.fill, hnsw_ef=rt.settings.hnsw_ef)
+        fused = rt.resolver.resolve_many(blocks, opts.limit_per_fanout, opts.fusion, depth, search, fill=opts.fill)
     if opts.mmr:
         fused = [mmr(z[i], items, opts.limit, opts.mmr.lambda_) for i, items in enumerate(fused)]
     return [([FanoutItem(id=it.id, text=it.text, payload=it.payload, score=it.score,
@@ -163,8 +162,8 @@ async def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
         raise InvalidInput("limit", f"limit must be <= {rt.settings.max_limit}")
     vecs, waited, ran = await rt.encoder_batcher.submit([query])
     resolve_started = time.perf_counter()
-    items = await run_in_threadpool(rt.resolver.resolve, np.stack(vecs), req.limit, filter=req.filter,
-                                    hnsw_ef=rt.settings.hnsw_ef)
+    items = await run_in_threadpool(rt.resolver.resolve, np.stack(vecs), req.limit,
+                                    search=SearchOptions(req.filter, hnsw_ef=rt.settings.hnsw_ef))
     done = time.perf_counter()
     return SearchResponse(
         items=[ResultItem(id=it.id, text=it.text, payload=it.payload, score=it.score) for it in items],

@@ -14,6 +14,20 @@ Fusion = Literal["union", "rrf"]
 
 
 @dataclass(frozen=True, slots=True)
+class SearchOptions:
+    """How the store searches, the same for every vector of a call: a payload filter, the item vectors returned
+    with the hits (MMR, explain), exact search instead of HNSW, and HNSW's ef (None = the store's default)."""
+
+    filter: dict | None = None
+    with_vectors: bool = False
+    exact: bool = False
+    hnsw_ef: int | None = None
+
+
+EXACT = SearchOptions(exact=True)  # what the reports score on
+
+
+@dataclass(frozen=True, slots=True)
 class Provenance:
     """Which fan-out vector found an item, at what 0-based rank in its list, with what score."""
 
@@ -145,17 +159,12 @@ class Resolver:
         limit_per_vector: int,
         fusion: Fusion = "union",
         limit: int | None = None,
-        filter: dict | None = None,
-        with_vectors: bool = False,
+        search: SearchOptions = SearchOptions(),
         *,
         fill: bool = False,
-        exact: bool = False,
-        hnsw_ef: int | None = None,
     ) -> list[FusedItem]:
         """(K, D) fan-out vectors -> fused items (at most `limit`)."""
-        return self.resolve_many(
-            [vectors], limit_per_vector, fusion, limit, filter, with_vectors, fill=fill, exact=exact, hnsw_ef=hnsw_ef
-        )[0]
+        return self.resolve_many([vectors], limit_per_vector, fusion, limit, search, fill=fill)[0]
 
     def resolve_many(
         self,
@@ -163,12 +172,9 @@ class Resolver:
         limit_per_vector: int,
         fusion: Fusion = "union",
         limit: int | None = None,
-        filter: dict | None = None,
-        with_vectors: bool = False,
+        search: SearchOptions = SearchOptions(),
         *,
         fill: bool = False,
-        exact: bool = False,
-        hnsw_ef: int | None = None,
     ) -> list[list[FusedItem]]:
         """Many queries' (K_i, D) blocks in ONE store call (without `fill`), fused per query; the filter applies to all.
 
@@ -182,15 +188,14 @@ class Resolver:
         blocks = [_as_block(b, self.store.dim) for b in batches]
         if sum(len(b) for b in blocks) == 0:
             return [[] for _ in blocks]
-        results = self._search(blocks, limit_per_vector, filter, with_vectors, exact, hnsw_ef)
+        results = self._search(blocks, limit_per_vector, search)
         depth = limit_per_vector
         while fill and limit is not None and depth < limit:
             short = [i for i, hits in enumerate(results) if hits and len({h.id for hs in hits for h in hs}) < limit]
             if not short:
                 break
             depth = min(2 * depth, limit)
-            for i, hits in zip(short, self._search([blocks[i] for i in short], depth, filter, with_vectors, exact,
-                                                   hnsw_ef)):
+            for i, hits in zip(short, self._search([blocks[i] for i in short], depth, search)):
                 results[i] = hits
         return self._named([fuse(hits, fusion, limit) for hits in results])
 
@@ -200,17 +205,13 @@ class Resolver:
         memories: Sequence[MemoryQuery],
         limit: int,
         memory_depth: int,
-        filter: dict | None = None,
-        with_vectors: bool = False,
-        *,
-        exact: bool = False,
-        hnsw_ef: int | None = None,
+        search: SearchOptions = SearchOptions(),
     ) -> list[list[FusedItem]]:
         """(B, D) query vectors and their item-memory queries -> each query's `limit` items in ONE store call,
         ranked by q·v + coef·memory (`Store.search_memory_batch`)."""
         results = self.store.search_memory_batch(np.asarray(vectors, np.float32), memories, limit, memory_depth,
-                                                 filter=filter, with_vectors=with_vectors, exact=exact,
-                                                 hnsw_ef=hnsw_ef, with_payload=False)
+                                                 filter=search.filter, with_vectors=search.with_vectors,
+                                                 exact=search.exact, hnsw_ef=search.hnsw_ef, with_payload=False)
         return self._named([fuse([hits], "union", limit) for hits in results])
 
     def _named(self, fused: list[list[FusedItem]]) -> list[list[FusedItem]]:
@@ -218,14 +219,13 @@ class Resolver:
         payloads = self.store.payloads(list({item.id: None for items in fused for item in items}))
         return [[_with_payload(item, payloads[item.id]) for item in items if item.id in payloads] for items in fused]
 
-    def _search(self, blocks: list[np.ndarray], depth: int, filter, with_vectors, exact, hnsw_ef
-                ) -> list[list[list[Hit]]]:
+    def _search(self, blocks: list[np.ndarray], depth: int, search: SearchOptions) -> list[list[list[Hit]]]:
         """One store call for every block's vectors -> each block's K ranked hit lists."""
         # Hits carry point ids only: payloads are read once, for the fused items that are returned
         # (the K x limit_per_vector hits' payloads cost more than the search itself).
         results = self.store.search_batch(
-            np.concatenate(blocks, axis=0), depth, filter=filter, with_vectors=with_vectors, exact=exact,
-            hnsw_ef=hnsw_ef, with_payload=False,
+            np.concatenate(blocks, axis=0), depth, filter=search.filter, with_vectors=search.with_vectors,
+            exact=search.exact, hnsw_ef=search.hnsw_ef, with_payload=False,
         )
         bounds = np.cumsum([0, *(len(b) for b in blocks)])
         return [results[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]

@@ -20,7 +20,7 @@ import numpy as np
 
 from service.atomic import write_json_atomic, write_text_atomic
 from service.encoder import OnnxEncoder
-from service.resolver import Resolver
+from service.resolver import Resolver, SearchOptions
 from service.store import MemoryQuery
 from training.data import Dataset
 from training.evaluate import (
@@ -98,7 +98,7 @@ def served_memory_strategy(encoder: OnnxEncoder, resolver: Resolver, memory_dept
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
         emb, sets, weights = encoder.encode_memory(queries)
         fused = resolver.resolve_memory_many(emb, [MemoryQuery(s, w, coef) for s, w in zip(sets, weights)], n,
-                                             memory_depth, exact=exact)
+                                             memory_depth, SearchOptions(exact=exact))
         return [Retrieval(vectors=v[None], nearest=np.array([f[0].score if f else -1.0]),
                           items=[it.id for it in f], representatives=[it.id for it in f[:10]])
                 for v, f in zip(emb, fused)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.resolver import FusedItem, Provenance, Resolver, fuse, mmr
+from service.resolver import EXACT, FusedItem, Provenance, Resolver, SearchOptions, fuse, mmr
 from service.store import EdgeStore, Hit, ServerStore, point_id
 
 D = 384
@@ -139,7 +139,7 @@ class CountingStore:
 def test_resolve_top1s_are_the_fan_out_targets(store, catalog):
     ids, vectors, _ = catalog
     picks = [3, 500, 999]
-    items = Resolver(store).resolve(vectors[picks], limit_per_vector=5, exact=True)
+    items = Resolver(store).resolve(vectors[picks], limit_per_vector=5, search=EXACT)
     assert [f.id for f in items[:3]] == [ids[i] for i in picks]
     assert [f.found_by[0].vector for f in items[:3]] == [0, 1, 2]
     assert len({f.id for f in items}) == len(items) <= 15
@@ -154,7 +154,7 @@ def test_resolver_reads_payloads_only_for_the_items_it_returns(store, catalog):
     read = []
     counting = CountingStore(store)
     counting.payloads = lambda pids: read.append(list(pids)) or store.payloads(pids)
-    items = Resolver(counting).resolve(vectors[:2], limit_per_vector=4, limit=3, exact=True)
+    items = Resolver(counting).resolve(vectors[:2], limit_per_vector=4, limit=3, search=EXACT)
     assert len(read) == 1 and len(read[0]) == 3  # not the 8 hits'
     expected = fuse(full, limit=3)
     assert [(f.id, f.text, f.payload, f.score, f.found_by) for f in items] == [
@@ -165,7 +165,7 @@ def test_resolver_reads_payloads_only_for_the_items_it_returns(store, catalog):
 def test_a_filter_that_excludes_everything_resolves_to_nothing(store, catalog):
     _, vectors, _ = catalog
     nothing = {"must": [{"key": "decade", "match": {"value": 1}}]}
-    assert Resolver(store).resolve(vectors[:3], limit_per_vector=5, filter=nothing, exact=True) == []
+    assert Resolver(store).resolve(vectors[:3], limit_per_vector=5, search=SearchOptions(nothing, exact=True)) == []
 
 
 def test_resolve_many_equals_per_query_resolve_in_one_call(store, catalog):
@@ -175,9 +175,10 @@ def test_resolve_many_equals_per_query_resolve_in_one_call(store, catalog):
     blocks.append(np.zeros((0, D), np.float32))  # a query with no fan-out vectors
     counting = CountingStore(store)
     flt = {"must_not": [{"key": "decade", "match": {"value": 1990}}]}
-    many = Resolver(counting).resolve_many(blocks, 10, fusion="rrf", limit=12, filter=flt, exact=True)
+    many = Resolver(counting).resolve_many(blocks, 10, fusion="rrf", limit=12, search=SearchOptions(flt, exact=True))
     assert counting.calls == 1
-    single = [Resolver(store).resolve(b, 10, fusion="rrf", limit=12, filter=flt, exact=True) for b in blocks]
+    single = [Resolver(store).resolve(b, 10, fusion="rrf", limit=12, search=SearchOptions(flt, exact=True))
+              for b in blocks]
     assert [[(f.id, f.score, f.found_by) for f in r] for r in many] == [
         [(f.id, f.score, f.found_by) for f in r] for r in single
     ]
@@ -189,29 +190,29 @@ def test_fill_searches_overlapping_fan_outs_deeper_until_limit_items(store, cata
     same = np.repeat(vectors[:1], 4, axis=0)  # four copies of one vector: 3 deep each fuses to 3 items
     spread = vectors[[1, 200, 400, 600]]  # four far-apart vectors: 3 deep each already gives 12 items
     counting = CountingStore(store)
-    plain = Resolver(counting).resolve_many([same, spread], 3, limit=10, exact=True)
+    plain = Resolver(counting).resolve_many([same, spread], 3, limit=10, search=EXACT)
     assert [len(r) for r in plain] == [3, 10] and counting.calls == 1
-    filled = Resolver(counting).resolve_many([same, spread], 3, limit=10, fill=True, exact=True)
+    filled = Resolver(counting).resolve_many([same, spread], 3, limit=10, search=EXACT, fill=True)
     assert [len(r) for r in filled] == [10, 10]
     assert counting.calls == 1 + 3  # then depths 6 and 10, for the short query alone
     assert [f.id for f in filled[0][:3]] == [f.id for f in plain[0]]  # union keeps the items already found
     assert [f.id for f in filled[1]] == [f.id for f in plain[1]]  # the full query was not searched again
-    exact = Resolver(store).resolve(vectors[:1], 10, limit=10, exact=True)
+    exact = Resolver(store).resolve(vectors[:1], 10, limit=10, search=EXACT)
     assert [f.id for f in filled[0]] == [f.id for f in exact]
 
 
 def test_fill_stops_at_limit_deep_when_a_filter_leaves_fewer_items(store, catalog):
     _, vectors, _ = catalog
     only_1990 = {"must": [{"key": "decade", "match": {"value": 1990}}]}
-    n_1990 = len(Resolver(store).resolve(vectors[:1], 1_000, filter=only_1990, exact=True))
-    items = Resolver(store).resolve(np.repeat(vectors[:1], 3, axis=0), 2, limit=n_1990 + 5, filter=only_1990,
-                                    fill=True, exact=True)
+    n_1990 = len(Resolver(store).resolve(vectors[:1], 1_000, search=SearchOptions(only_1990, exact=True)))
+    items = Resolver(store).resolve(np.repeat(vectors[:1], 3, axis=0), 2, limit=n_1990 + 5,
+                                    search=SearchOptions(only_1990, exact=True), fill=True)
     assert len(items) == n_1990
 
 
 def test_resolve_with_vectors_feeds_mmr(store, catalog):
     _, vectors, _ = catalog
-    items = Resolver(store).resolve(vectors[:2], limit_per_vector=10, with_vectors=True)
+    items = Resolver(store).resolve(vectors[:2], limit_per_vector=10, search=SearchOptions(with_vectors=True))
     assert all(f.vector is not None and f.vector.shape == (D,) for f in items)
     hits = [Hit(f.id, f.score, f.payload, f.vector) for f in items]
     assert len(mmr(vectors[0], hits, n=5)) == 5

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.resolver import Resolver
+from service.resolver import EXACT, Resolver
 from service.store import EdgeStore, point_id
 from training.evaluate import retrieve_blocks
 from training.exact import ExactStore
@@ -53,7 +53,7 @@ def test_numpy_union_is_the_resolvers_union_with_fill(stores):
     fast = retrieve_blocks(Resolver(exact), blocks, n)
     for name, store in (("edge exact", edge), ("exact via resolver", exact)):
         per_vector = max(-(-n // len(b)) for b in blocks)
-        slow = Resolver(store).resolve_many(blocks, per_vector, "union", n, fill=True, exact=True)
+        slow = Resolver(store).resolve_many(blocks, per_vector, "union", n, EXACT, fill=True)
         for f, s in zip(fast, slow):
             assert f.items == [it.id for it in s], name
             reps = list(dict.fromkeys(next(it.id for it in s for p in it.found_by if p.vector == v and p.rank == 0)

@@ -150,7 +150,7 @@ def space_texts(mpd_slice) -> list[str]:
 def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, encoder_dir, space_artifacts):
     """The ONNX head equals `query_vectors`; the index built from the space scores by inner product."""
     from service.encoder import OnnxEncoder
-    from service.resolver import Resolver
+    from service.resolver import EXACT, Resolver
     from service.store import EdgeStore, MemoryQuery
     from training.index import SHARD_DIR
 
@@ -166,7 +166,7 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
     store = EdgeStore.open(index_dir / SHARD_DIR)
     try:
         q = enc.encode(["late night drive"])
-        ids = [h.id for h in Resolver(store).resolve(q, 10, exact=True)]
+        ids = [h.id for h in Resolver(store).resolve(q, 10, search=EXACT)]
         scores = space.items @ q[0]  # inner product, so norms (popularity) count: not the cosine order
         assert ids == [space.item_ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
 
