@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.layout import ArtifactLayout
 from service.manifest import default_collection
 
 
@@ -81,13 +82,17 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def layout(self) -> ArtifactLayout:
+        return ArtifactLayout(self.artifacts_dir)
+
+    @property
     def encoder_path(self) -> Path:
-        return self.encoder_dir or self.artifacts_dir / "encoders" / self.encoder
+        return self.encoder_dir or self.layout.encoder(self.encoder)
 
     @property
     def index_path(self) -> Path:
         """Each (dataset, encoder) pair has its own index: vectors of two encoders never mix."""
-        return self.index_dir or self.artifacts_dir / "index" / self.dataset / self.encoder
+        return self.index_dir or self.layout.index(self.dataset, self.encoder)
 
     @property
     def graph_path(self) -> Path | None:
@@ -96,7 +101,7 @@ class Settings(BaseSettings):
             return self.graph_dir
         if self.graph == "none":
             return None
-        return self.artifacts_dir / "graphs" / (self.graph or f"{self.dataset}-s4")
+        return self.layout.graph(self.graph or f"{self.dataset}-s4")
 
     @property
     def collection_name(self) -> str:

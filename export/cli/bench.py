@@ -36,7 +36,7 @@ def bench_graph_cmd(
     queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")]
     rows = []
     for graph in graphs.split(","):
-        path = Path(graph) if "/" in graph else settings.artifacts_dir / "graphs" / graph
+        path = Path(graph) if "/" in graph else settings.layout.graph(graph)
         rows += bench_graph(path, queries, cfg)
     header = {"dataset": dataset, "machine": machine(), "command": "r4t " + shlex.join(sys.argv[1:])}
     files = write_report(rows, header, out, name or f"graph_latency_{dataset}_{device}")

@@ -30,7 +30,7 @@ def settings_for(dataset: str | None = None, artifacts: Path | None = None, enco
 
 def denoiser_path(settings, model: str | None) -> Path:
     """The set denoiser a command uses: `--model`, else <artifacts>/diffusion/<dataset>-wscr/model.pt."""
-    return Path(model or settings.artifacts_dir / "diffusion" / f"{settings.dataset}-wscr" / "model.pt")
+    return Path(model or settings.layout.denoiser(f"{settings.dataset}-wscr"))
 
 
 def start_dataset(dataset: str) -> None:

@@ -60,14 +60,14 @@ def diffusion_synth(
             raise typer.BadParameter(f"--reference pairs use no LM and no reward; drop {', '.join(used)}")
 
         encoder_, resolver = open_retriever(settings)
-        out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-reference")
+        out = settings.layout.pairs(name or f"{dataset}-reference")
         report = reference_pairs(encoder_, resolver.store, load_dataset(dataset, data_dir or default_data_dir()), out)
         typer.echo(f"{out}: {report['pairs_total']} reference pairs")
         return
-    policy = policy or str(settings.artifacts_dir / "fanout" / f"{dataset}-{task}" / "model")
+    policy = policy or str(settings.layout.fanout_model(f"{dataset}-{task}"))
     lm = (RecordedLM(fanouts, seed=0) if fanouts else
           FanoutLM(policy, settings.artifacts_dir, SampleConfig(task=task, dataset=dataset, temperature=temperature)))
-    out = settings.artifacts_dir / "pairs" / (name or f"{dataset}-{task}")
+    out = settings.layout.pairs(name or f"{dataset}-{task}")
     report = synthesize(lm, reward_model(dataset, task, encoder, artifacts),
                         load_dataset(dataset, data_dir or default_data_dir()), out,
                         SynthConfig(samples=samples, max_queries=max_queries, min_reward=min_reward,
@@ -103,12 +103,12 @@ def diffusion_train(
         raise typer.BadParameter(f"--noise must be one of {', '.join(NOISES)}, got {noise!r}")
     settings = settings_for(dataset, artifacts)
     name = name or f"{dataset}-{task}"
-    query, targets = load_pairs(settings.artifacts_dir / "pairs" / name)
+    query, targets = load_pairs(settings.layout.pairs(name))
     model_cfg = DiffusionConfig(dim=query.shape[1], rows=targets.shape[1], width=width, depth=depth, heads=heads,
                                 noise=noise, relative=relative)
     model_name = model_name or name
     report = train(query, targets, model_cfg, TrainConfig(steps=steps, batch_size=batch_size, lr=lr),
-                   settings.artifacts_dir / "diffusion" / model_name)
+                   settings.layout.diffusion(model_name))
     typer.echo(f"{model_name}: {report['steps']} steps, {report['parameters']:,} parameters, final {report['final']}")
 
 
@@ -179,7 +179,7 @@ def diffusion_diagnose(
     data = load_dataset(dataset, data_dir or default_data_dir())
     report = {"dataset": dataset, "encoder": settings.encoder, "command": "r4t " + shlex.join(sys.argv[1:])}
     if pairs:
-        query, targets, set_index = load_pairs(settings.artifacts_dir / "pairs" / pairs, ("set_index",))
+        query, targets, set_index = load_pairs(settings.layout.pairs(pairs), ("set_index",))
         report.update(pairs=pairs, pairs_recall=pairs_recall(resolver, data, query, targets, set_index, n, sample))
     if transfer:
         report["neighbour_transfer"] = {split: neighbour_transfer(resolver, enc, data, query, targets, n, split)
@@ -229,7 +229,7 @@ def diffusion_distil(
 
     settings = settings_for(dataset, artifacts, encoder)
     path = denoiser_path(settings, model)
-    query, targets = load_pairs(settings.artifacts_dir / "pairs" / (name or f"{dataset}-wscr"))
+    query, targets = load_pairs(settings.layout.pairs(name or f"{dataset}-wscr"))
     cfg = DistilConfig(start_steps=start_steps, final_steps=final_steps, round_steps=round_steps,
                        batch_size=batch_size, lr=lr, guidance=guidance)
     students = students or path.parent / ("distil" if guidance == 1.0 else f"distil-w{guidance:g}")

@@ -53,7 +53,7 @@ def encoder_tune(
 
     name = name or f"minilm-{dataset}"
     settings = settings_for(dataset, artifacts)
-    work = settings.artifacts_dir / "tune" / name
+    work = settings.layout.tune(name)
     cfg = TuneConfig(epochs=epochs, batch_size=batch_size, intent_pairs=intent_pairs, item_pairs=item_pairs,
                      max_steps=max_steps, eval_steps=eval_steps, lr=lr, seed=seed)
     report = tune_encoder(base or default_encoder_path(), load_dataset(dataset, data_dir or default_data_dir()), work,

@@ -53,7 +53,7 @@ def evaluate(
                         strategies=tuple(names))
     ds = load_dataset(dataset, data_dir or default_data_dir())
     settings = settings_for(dataset, artifacts)
-    folm = folm or str(settings.artifacts_dir / "fanout" / f"{dataset}-wscr" / "model")
+    folm = folm or str(settings.layout.fanout_model(f"{dataset}-wscr"))
     diffusion_model = str(denoiser_path(settings, diffusion_model))
 
     def load_denoiser(path: str):
@@ -96,7 +96,7 @@ def evaluate(
 
             if not graphs:
                 raise typer.BadParameter("the graph strategy needs --graphs")
-            found = [FanoutGraph(Path(g) if "/" in g else settings.artifacts_dir / "graphs" / g)
+            found = [FanoutGraph(Path(g) if "/" in g else settings.layout.graph(g))
                      for g in graphs.split(",")]
             return [ev.graph_strategy(f"ONNX {g.directory.name} ({g.manifest.precision}, {g.info.steps} steps)",
                                       g, enc, res) for g in found]

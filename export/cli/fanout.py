@@ -51,7 +51,7 @@ def fanout_train(
     cfg = RLConfig(policy=policy, steps=steps, prompts_per_step=prompts_per_step, group=group,
                    micro_batch=micro_batch, lr=lr, beta=beta, temperature=temperature, lora=lora, bf16=bf16,
                    save_steps=save_steps, val_queries=val_queries, device=device)
-    out = settings.artifacts_dir / "fanout" / (name or f"{dataset}-{task}")
+    out = settings.layout.fanout(name or f"{dataset}-{task}")
     report = train_grpo(cfg, rewards, load_dataset(dataset, data_dir or default_data_dir()),
                         settings.artifacts_dir, out)
     typer.echo(f"{out}: {report['steps']} steps in {report['train_seconds']} s; held-out reward "

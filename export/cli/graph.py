@@ -33,7 +33,7 @@ def export_graph(
     queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")[:64]]
     cfg = FanoutExportConfig(steps=steps, guidance=guidance, method=method, precision=precision)
     suffix = "" if precision == "fp32" else f"-{precision}"
-    out = settings.artifacts_dir / "graphs" / (name or f"{dataset}-s{steps}{suffix}")
+    out = settings.layout.graph(name or f"{dataset}-s{steps}{suffix}")
     manifest = export_fanout(out, settings.encoder_path, load_model(path), cfg, queries, dataset)
     size = (out / "model.onnx").stat().st_size / 2**20
     typer.echo(f"{out} ({precision}, {size:.1f} MiB): parity max|Δ|={manifest.parity.max_abs_error:.2e}, "

@@ -30,12 +30,11 @@ def _paths(dataset: str, name: str, artifacts: Path | None):
 
     settings = settings_for(dataset, artifacts)
     name = name or f"space-{dataset}"
-    root = settings.artifacts_dir
-    return settings, name, {"space": root / "spaces" / name, "encoder": root / "encoders" / name,
-                            "index": root / "index" / dataset / name, "text": root / "encoders" / settings.encoder,
-                            "text_index": root / "index" / dataset / settings.encoder,
-                            "pairs": root / "pairs" / f"{name}-teacher", "graph": root / "graphs" / f"{name}-s4",
-                            "model": root / "diffusion" / f"{name}-teacher" / "model.pt"}
+    at = settings.layout
+    return settings, name, {"space": at.space(name), "encoder": at.encoder(name), "index": at.index(dataset, name),
+                            "text": at.encoder(settings.encoder), "text_index": at.index(dataset, settings.encoder),
+                            "pairs": at.pairs(f"{name}-teacher"), "graph": at.graph(f"{name}-s4"),
+                            "model": at.denoiser(f"{name}-teacher")}
 
 
 def _dataset(dataset: str, data_dir: Path | None):

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from service.layout import ArtifactLayout
+
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = "smollm2-135m-instruct"  # the converted GGUF's name under <artifacts>/policy/
@@ -65,7 +67,7 @@ def convert_gguf(out_dir: Path, gguf: Path | None = None) -> Path:
 
 def resolve_policy(model: str, artifacts_dir: Path) -> str:
     """A model setting -> a loadable path or id: the default name converts the shipped GGUF on first use."""
-    local = Path(artifacts_dir) / "policy" / model
+    local = ArtifactLayout(Path(artifacts_dir)).policy(model)
     if model == DEFAULT_POLICY:
         return str(convert_gguf(local))
     return str(local) if local.is_dir() else model
