@@ -1,4 +1,4 @@
-"""`r4t bench-graph`: model-only latency of exported fan-out graphs in ONNX Runtime, batch by batch.
+"""`r4t bench graph`: model-only latency of exported fan-out graphs in ONNX Runtime, batch by batch.
 
 Opens each artifact exactly as the service does (`FanoutGraph`: same session options, same provider
 choice), feeds real queries and fixed noise, and times `session.run` alone: no HTTP, no store. On

@@ -1,4 +1,4 @@
-"""`r4t bench-store`: latency of one batched K-vector search and HNSW recall against exact search.
+"""`r4t bench store`: latency of one batched K-vector search and HNSW recall against exact search.
 
 Query vectors are real intents (set titles) embedded by the exported encoder; every call searches
 K of them at once, as the resolver does for one fan-out. Recall@limit compares the HNSW answer with

@@ -1,7 +1,9 @@
-"""`r4t bench-graph`, `r4t bench-store`: model-only and store-only benchmarks."""
+"""`r4t bench graph | store | llm`: model-only, store-only and LLM-generation benchmarks (the HTTP ones reach
+the service over HTTP only: `python -m loadtests.bench`)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import typer
 from export.cli.common import settings_for, start_dataset, ENCODER_OPT, ARTIFACTS_OPT, DATA_OPT
 
 
-def bench_graph_cmd(
+def graph(
     graphs: str = typer.Option(..., help="Comma-separated artifact names under <artifacts>/graphs (or paths)"),
     dataset: str = typer.Option("mpd", help="Whose val intents are the queries"),
     batches: str = typer.Option("1,8,64,256", help="Comma-separated batch sizes"),
@@ -43,7 +45,7 @@ def bench_graph_cmd(
     typer.echo(files[1].read_text())
 
 
-def bench_store_cmd(
+def store(
     dataset: str = typer.Option("mpd", help="polyvore | mpd"),
     encoder: Optional[str] = ENCODER_OPT,
     calls: int = typer.Option(200, help="Timed batched calls per setting"),
@@ -69,3 +71,30 @@ def bench_store_cmd(
     path = write_report(result, meta.model_dump() if meta else {}, out,
                         "r4t " + shlex.join(sys.argv[1:]))
     typer.echo(path.read_text())
+
+
+def llm(
+    model: str = typer.Option(..., help="HF checkpoint dir, or a config.json (random weights: timing only)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    dtype: str = typer.Option("bfloat16", help="float32 | bfloat16"),
+    batches: str = typer.Option("1,8,64,256,1024", help="Comma-separated batch sizes"),
+    prompt_tokens: int = typer.Option(175, help="Prompt length (the WSCR fan-out prompt is 175 SmolLM2 tokens)"),
+    new_tokens: int = typer.Option(80, help="Tokens generated per sequence, forced"),
+    repeats: int = typer.Option(3, help="Timed generate calls per batch size (median kept)"),
+    out: Path = typer.Option(..., help="JSON report to write"),
+) -> None:
+    """LLM fan-out generation time per batch size: the LLM side of the paper's Figure 5."""
+    from service.atomic import write_json_atomic
+    from training.fanout.gen_bench import GenBenchConfig, bench_generate, load_for_timing
+
+    cfg = GenBenchConfig(batches=tuple(int(b) for b in batches.split(",")), prompt_tokens=prompt_tokens,
+                         new_tokens=new_tokens, dtype=dtype, repeats=repeats)
+    lm, weights = load_for_timing(model, device, dtype)
+    rows = bench_generate(lm, cfg, device)
+    name = Path(model).stem if model.endswith(".json") else Path(model).name
+    report = {"device": device, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+              "command": "r4t " + shlex.join(sys.argv[1:]),
+              "models": {name: {"params": sum(p.numel() for p in lm.parameters()), "weights": weights,
+                                "dtype": dtype, "rows": rows}}}
+    write_json_atomic(out, report)
+    typer.echo(json.dumps(report["models"][name], indent=1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -113,31 +112,3 @@ def fanout_record(
                                batch_size=batch_size or (320 if device == "cuda" else 32)))
     lines = record_fanouts(lm, queries, n, range(runs), out, chunk=chunk)
     typer.echo(f"{out}: {lines} (query, seed) records of {n} fan-outs")
-
-
-@fanout_app.command("gen-bench")
-def fanout_gen_bench(
-    model: str = typer.Option(..., help="HF checkpoint dir, or a config.json (random weights: timing only)"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    dtype: str = typer.Option("bfloat16", help="float32 | bfloat16"),
-    batches: str = typer.Option("1,8,64,256,1024", help="Comma-separated batch sizes"),
-    prompt_tokens: int = typer.Option(175, help="Prompt length (the WSCR fan-out prompt is 175 SmolLM2 tokens)"),
-    new_tokens: int = typer.Option(80, help="Tokens generated per sequence, forced"),
-    repeats: int = typer.Option(3, help="Timed generate calls per batch size (median kept)"),
-    out: Path = typer.Option(..., help="JSON report to write"),
-) -> None:
-    """LLM fan-out generation time per batch size: the LLM side of the paper's Figure 5."""
-    from service.atomic import write_json_atomic
-    from training.fanout.gen_bench import GenBenchConfig, bench_generate, load_for_timing
-
-    cfg = GenBenchConfig(batches=tuple(int(b) for b in batches.split(",")), prompt_tokens=prompt_tokens,
-                         new_tokens=new_tokens, dtype=dtype, repeats=repeats)
-    lm, weights = load_for_timing(model, device, dtype)
-    rows = bench_generate(lm, cfg, device)
-    name = Path(model).stem if model.endswith(".json") else Path(model).name
-    report = {"device": device, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-              "command": "r4t " + shlex.join(sys.argv[1:]),
-              "models": {name: {"params": sum(p.numel() for p in lm.parameters()), "weights": weights,
-                                "dtype": dtype, "rows": rows}}}
-    write_json_atomic(out, report)
-    typer.echo(json.dumps(report["models"][name], indent=1))

@@ -17,7 +17,7 @@ def flat(output: str) -> str:
 
 def test_every_stage_is_a_command():
     out = runner.invoke(app, ["--help"]).output
-    for command in ("encoder", "index", "eval", "frontier", "fanout", "diffusion", "export", "bench-store", "serve"):
+    for command in ("encoder", "index", "eval", "frontier", "fanout", "diffusion", "export", "bench", "serve"):
         assert command in out
     assert {"train", "latency"} <= set(runner.invoke(app, ["fanout", "--help"]).output.split())
     assert {"synth", "train", "steps", "diagnose"} <= set(runner.invoke(app, ["diffusion", "--help"]).output.split())
