@@ -24,11 +24,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
 COPY training ./training
 COPY export ./export
-RUN echo "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" > /tmp/constraints.txt \
+# The project's pins (constraints.txt), with the onnxruntime-gpu that this CUDA image's libraries load.
+RUN grep -v '^onnxruntime-gpu==' constraints.txt > /tmp/constraints.txt \
+    && echo "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" >> /tmp/constraints.txt \
     && /opt/venv/bin/pip install --constraint /tmp/constraints.txt . \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 

