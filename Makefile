@@ -51,7 +51,7 @@ $(GRAPH): $(MODEL)
 	$(BIN)/r4t space export --dataset $(DATASET)
 
 # Co-membership spaces only (MPD): the served memory strategy against single on every val and test set; its val
-# check goes into the space encoder's manifest, which the service's default strategy reads (~8 min on 2 cores).
+# check goes into the space encoder's manifest, which the service's default strategy reads (~5 min on 2 cores).
 MEMORY := $(ARTIFACTS)/reports/memory_$(DATASET).json
 $(MEMORY): $(GRAPH)
 	$(BIN)/r4t space memory --dataset $(DATASET) --weights 0.1 --memory-depths 2000 --out $(ARTIFACTS)/reports

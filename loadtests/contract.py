@@ -34,7 +34,8 @@ def main(url: str = typer.Option("http://127.0.0.1:8000", help="A running server
            "--phases", "examples,fuzzing", "--max-examples", str(max_examples), "--seed", str(seed), "--no-color",
            "--output-sanitize", "false"]
     run = subprocess.run(cmd, capture_output=True, text=True)
-    start = run.stdout.find("FAILURES") if "FAILURES" in run.stdout else run.stdout.rfind("SUMMARY")
+    sections = [run.stdout.find(h) for h in ("ERRORS", "FAILURES") if h in run.stdout]  # what went wrong, first
+    start = min(sections) if sections else run.stdout.rfind("SUMMARY")
     summary = run.stdout[max(start, 0):][-12000:]
     cases = re.search(r"(\d+) generated", run.stdout)
     lines = [f"# API contract: schemathesis `--checks all` against the {info['dataset']} server", "",
