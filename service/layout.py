@@ -8,7 +8,7 @@
     diffusion/<name>/model.pt   a trained set denoiser (and its checkpoints beside it)
     fanout/<name>/model         a GRPO-tuned fan-out LM;  policy/<name>: a converted start policy
     tune/<name>/                a fine-tuned text encoder's work directory
-    reports/                    reports a chain writes for the service to read (e.g. memory_<dataset>.json)
+    reports/                    reports `make serve` writes for its own stages (e.g. memory_<dataset>.json)
 """
 
 from __future__ import annotations
@@ -54,7 +54,3 @@ class ArtifactLayout:
 
     def tune(self, name: str) -> Path:
         return self.root / "tune" / name
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"

@@ -156,15 +156,19 @@ def load_graph(settings: Settings, encoder: OnnxEncoder) -> FanoutGraph | None:
     return graph
 
 
+def _checks(val: dict) -> dict:
+    return val.get("at") or {str(val["n"]): val}  # every cut-off checked (older manifests: one)
+
+
 def _verdict(name: str, val: dict) -> str:
-    checks = val.get("at") or {str(val["n"]): val}  # every cut-off checked (older manifests: one)
+    checks = _checks(val)
     return f"val on {val['sets']} sets, {name} vs single: " + "; ".join(
         f"R@{n} {c[f'recall_{name}']:.4f} vs {c['recall_single']:.4f}, paired 95% "
         f"[{c['ci_vs_single'][1]:+.4f}, {c['ci_vs_single'][2]:+.4f}]" for n, c in checks.items())
 
 
 def _mean_recall(name: str, val: dict) -> float:
-    checks = val.get("at") or {str(val["n"]): val}
+    checks = _checks(val)
     return sum(c[f"recall_{name}"] for c in checks.values()) / len(checks)
 
 

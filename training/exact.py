@@ -19,6 +19,14 @@ from service.store import Hit, Store, point_id
 _ROWS = 256  # query rows per matmul: bounds the (rows, N) score block to ~200 MB on MPD
 
 
+def rank_major_union(ranked: np.ndarray, n: int) -> np.ndarray:
+    """(K, depth) row-wise ranked item indices -> the first n distinct of every row's rank 0, then every row's
+    rank 1, ... (the resolver's "union" fusion, in numpy)."""
+    flat = ranked.T.ravel()
+    _, first = np.unique(flat, return_index=True)
+    return flat[np.sort(first)[:n]]
+
+
 class ExactStore:
     """Implements the `Store` protocol's read side over (N, D) float32 vectors (no item memory)."""
 
@@ -77,9 +85,7 @@ class ExactStore:
         for block in blocks:
             r, v = rows[lo:lo + len(block)], vals[lo:lo + len(block)]
             lo += len(block)
-            ranked = r.T.ravel()  # rank-major: every row's rank 0, then every row's rank 1, ...
-            _, first = np.unique(ranked, return_index=True)
-            fused = ranked[np.sort(first)[:n]]
+            fused = rank_major_union(r, n)
             out.append(([self.ids[i] for i in fused], v[:, 0].copy(), [self.ids[i] for i in r[:, 0]]))
         return out
 

@@ -31,6 +31,7 @@ from training.evaluate import (
     retrieve_blocks,
     score_split,
 )
+from training.exact import rank_major_union
 from training.frontier import paired_difference
 from training.space import Space, TeacherConfig, nearest_sets, neighbour_targets, neighbour_weights
 
@@ -77,7 +78,7 @@ def memory_strategy(space: Space, text: OnnxEncoder, encoder: OnnxEncoder, resol
         out = []
         for q, idx, w in zip(qv, near[:, :n_near], weights):
             dense = space.items @ q
-            memory = np.asarray(space.members[idx].T @ w).ravel()
+            memory = space.item_memory(idx, w)
             score = dense / max(dense.std(), 1e-12) + weight * memory / max(memory.std(), 1e-12)
             top = np.argpartition(-score, n)[:n]
             top = top[np.argsort(-score[top], kind="stable")]
@@ -118,12 +119,10 @@ def memory_fanout_strategy(name: str, space: Space, encoder: OnnxEncoder, resolv
         _, sets, weights = encoder.encode_memory(queries)
         out = []
         for block, s, w in zip(rows_of(queries, qv, seed), sets, weights):
-            scores = space.items @ block.T + coef * np.asarray(space.members[s].T @ w).ravel()[:, None]  # (N, K)
+            scores = space.items @ block.T + coef * space.item_memory(s, w)[:, None]  # (N, K)
             top = np.argpartition(-scores, n, axis=0)[:n]  # (n, K)
             top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 0), 0, kind="stable"), 0)
-            ranked = top.ravel()  # rank-major: every row's rank 0, then every row's rank 1, ...
-            _, first = np.unique(ranked, return_index=True)
-            items = [space.item_ids[i] for i in ranked[np.sort(first)[:n]]]
+            items = [space.item_ids[i] for i in rank_major_union(top.T, n)]
             out.append(Retrieval(vectors=block, nearest=scores[top[0], np.arange(len(block))], items=items,
                                  representatives=list(dict.fromkeys(space.item_ids[i] for i in top[0]))))
         return out

@@ -113,6 +113,10 @@ class Space:
     def dim(self) -> int:
         return self.items.shape[1]
 
+    def item_memory(self, sets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(N,) Σ_j w_j [item ∈ set_j] over the given train sets: what the index's sparse memory scores."""
+        return np.asarray(self.members[sets].T @ weights).ravel()
+
     def save(self, directory: Path) -> None:
         """Written into a temp directory that replaces `directory` only when complete."""
         directory = Path(directory)
@@ -350,5 +354,5 @@ def memory_scales(space: Space, sample: int = 1_000, seed: int = 0) -> dict:
     near, sims = nearest_sets(space, emb, own, n=min(n + 1, len(space.set_ids)), with_sims=True)
     weights = neighbour_weights(sims, space.temperature, n)
     dense = (query_vectors(space, emb, own) @ space.items.T).std(1)  # (B,)
-    memory = np.array([np.asarray(space.members[near[b, :n]].T @ weights[b]).std() for b in range(len(rows))])
+    memory = np.array([space.item_memory(near[b, :n], weights[b]).std() for b in range(len(rows))])
     return {"dense_scale": float(np.median(dense)), "memory_scale": float(np.median(memory)), "titles": len(rows)}
