@@ -145,11 +145,13 @@ class IndexMeta(BaseModel):
     space_kind: str | None = None
     distance: Literal["cosine", "dot"] = "cosine"
     memory_sets: int | None = Field(None, description="Train sets the item memory (sparse vectors) spans; None = none")
+    payload_index: dict[str, str] = Field(default_factory=dict, description="Indexed payload field -> kind: the "
+                                          "fields a filter may use (R4T_STRICT_FILTERS)")
     qdrant_url: str | None = Field(None, description="Set when the vectors live on a Qdrant server")
     collection: str | None = None
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("dataset", "items", "catalog_sha256", "encoder", "encoder_sha256", "dim", "quantization", "space",
-                "space_kind", "distance", "memory_sets")
+                "space_kind", "distance", "memory_sets", "payload_index")
 
     def identity(self) -> dict:
         return {k: getattr(self, k) for k in self.IDENTITY}

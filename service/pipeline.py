@@ -19,6 +19,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidInput
+from service.filters import check_indexed
 from service.resolver import FusedItem, SearchOptions, mmr
 from service.runtime import Runtime, check_query
 from service.schemas import (
@@ -56,6 +57,13 @@ def check_options(rt: Runtime, opts: FanoutOptions) -> None:
                                        "encoder and its index with the item memory)")
     if opts.strategy == "llm" and rt.llm is None:
         raise InvalidInput("strategy", "the llm strategy is off on this server (set R4T_LLM_URL or R4T_LLM_POLICY)")
+    check_filter(rt, opts.filter)
+
+
+def check_filter(rt: Runtime, raw) -> None:
+    """A filter reads indexed payload keys only (R4T_STRICT_FILTERS)."""
+    if rt.settings.strict_filters:
+        check_indexed(raw, rt.filterable)
 
 
 async def _vectors(rt: Runtime, queries: list[str], opts: FanoutOptions, seeds: list[int], timings: dict):
@@ -160,6 +168,7 @@ async def search(rt: Runtime, req: SearchRequest) -> SearchResponse:
     query = check_query(rt, req.query)
     if req.limit > rt.settings.max_limit:
         raise InvalidInput("limit", f"limit must be <= {rt.settings.max_limit}")
+    check_filter(rt, req.filter)
     vecs, waited, ran = await rt.encoder_batcher.submit([query])
     resolve_started = time.perf_counter()
     items = await run_in_threadpool(rt.resolver.resolve, np.stack(vecs), req.limit,

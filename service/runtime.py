@@ -52,6 +52,7 @@ class Runtime:
     memory_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
     default: Default = Default("single", "no fan-out graph")
+    filterable: dict[str, str] = field(default_factory=dict)  # payload field -> index kind (the store's indexes)
 
     @property
     def deadline_s(self) -> float:
@@ -204,7 +205,8 @@ def load_runtime(settings: Settings) -> Runtime:
     except ArtifactError:
         store.close()  # a refused start must not keep the shard (and its WAL lock) open
         raise
-    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings))
+    runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings),
+                      filterable=store.payload_index())
     runtime.default = default_strategy(settings, graph, encoder.memory if runtime.has_memory else None)
     if runtime.default.name not in runtime.strategies:
         store.close()

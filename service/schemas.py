@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from service.filters import PayloadFilter
+from service.filters import PayloadFilter, state_filterable
 from service.jsontypes import integer, number
 
 # Characters a query may not consist of only (it is stripped of them; an empty query is a 400): Python's
@@ -198,10 +198,13 @@ class BatchResponse(BaseModel):
 
 
 def state_limits(doc: dict, strategies: list[str], max_limit: int, max_k: int, max_batch_queries: int,
-                 max_query_chars: int) -> dict:
+                 max_query_chars: int, filterable: dict[str, str] | None = None) -> dict:
     """Write the limits this server enforces into its OpenAPI document: the strategies it can run, the largest
-    limit, k and batch, the query's length and that it is not blank. The routes check the same values (422)."""
+    limit, k and batch, the query's length and that it is not blank, and (strict filters) the payload keys and
+    tests a filter may use. The routes check the same values (422)."""
     schemas = doc["components"]["schemas"]
+    if filterable is not None:
+        state_filterable(schemas, filterable)
     query = {"minLength": 1, "maxLength": max_query_chars, "pattern": NOT_BLANK}
     for name in ("SearchRequest", "FanoutRequest", "BatchRequest"):
         props = schemas[name]["properties"]

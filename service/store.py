@@ -116,6 +116,7 @@ class Store(Protocol):
         with_payload: bool = True,
     ) -> list[list[Hit]]: ...
     def payloads(self, point_ids: Sequence[str]) -> dict[str, dict]: ...
+    def payload_index(self) -> dict[str, str]: ...  # indexed payload field -> kind (PAYLOAD_INDEX_KINDS)
     def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray: ...
     def count(self) -> int: ...
     def ping(self) -> bool: ...  # cheap liveness check, never raises
@@ -303,6 +304,12 @@ class EdgeStore:
         with _backend("edge", self._closed):
             self._shard.update(qe.UpdateOperation.create_field_index(field, schema))
 
+    def payload_index(self) -> dict[str, str]:
+        """The shard's payload indexes: field -> kind."""
+        with _backend("edge", self._closed):
+            schema = self._shard.info().payload_schema
+        return {f: str(i.data_type).rsplit(".", 1)[-1].lower() for f, i in schema.items()}
+
     @property
     def indexed_vectors_count(self) -> int:
         with _backend("edge", self._closed):
@@ -414,6 +421,7 @@ class ServerStore:
         self.location, self.collection, self.default_ef = location, collection, hnsw.default_ef
         self.oversampling = hnsw.oversampling
         self._closed, self._local = False, location == ":memory:"
+        self._declared: dict[str, str] = {}  # local mode builds no payload index; it keeps what was declared
         with _backend("server", False):
             self._client = QdrantClient(location) if self._local else QdrantClient(url=location, api_key=api_key)
             if create and not self._client.collection_exists(collection):
@@ -451,11 +459,21 @@ class ServerStore:
                 self._client.upsert(self.collection, points=batch, wait=True)
 
     def index_payload(self, field: str, kind: str) -> None:
-        """Index a payload field (see PAYLOAD_INDEX_KINDS); a no-op in local mode, which has no indexes."""
+        """Index a payload field (see PAYLOAD_INDEX_KINDS); local mode has no indexes: it records the field."""
         schema = models.PayloadSchemaType(_payload_kind(kind))
-        if not self._local:
-            with _backend("server", self._closed):
-                self._client.create_payload_index(self.collection, field, field_schema=schema, wait=True)
+        if self._local:
+            self._declared[field] = kind
+            return
+        with _backend("server", self._closed):
+            self._client.create_payload_index(self.collection, field, field_schema=schema, wait=True)
+
+    def payload_index(self) -> dict[str, str]:
+        """The collection's payload indexes: field -> kind (local mode: the fields declared by index_payload)."""
+        if self._local:
+            return dict(self._declared)
+        with _backend("server", self._closed):
+            schema = self._client.get_collection(self.collection).payload_schema
+        return {f: str(getattr(i.data_type, "value", i.data_type)) for f, i in schema.items()}
 
     def search_batch(
         self,

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
+# The payload fields each loader's items carry that the index makes filterable, with their index kinds.
+POLYVORE_PAYLOAD_INDEX = {"category": "keyword", "category_id": "integer", "price": "float", "likes": "integer",
+                          "set_id": "keyword", "tid": "keyword"}
+MPD_PAYLOAD_INDEX = {"track": "keyword", "artist": "keyword", "album": "keyword"}
 
 # Official Maryland Polyvore release file stems, in the order their outfits are appended.
 POLYVORE_FILES = ("train_no_dup.json", "valid_no_dup.json", "test_no_dup.json")
@@ -68,6 +72,9 @@ class Dataset:
     name: str
     items: dict[str, Item]
     sets: list[ItemSet]
+    # payload field -> Qdrant payload index kind: the fields the index makes filterable (each filter runs on
+    # an index: ~2 ms instead of a payload scan of the whole catalog, ~0.2-0.7 s per query on MPD)
+    payload_index: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: Split) -> list[ItemSet]:
         """The sets whose `split_of(id)` is `name`, in dataset order."""
@@ -225,7 +232,7 @@ def load_polyvore(path: Path, limit: int | None = None) -> Dataset:
         for item in outfit_items:
             items.setdefault(item.id, item)
     log.info("polyvore: %d sets, %d items, %d sets skipped from %s", len(sets), len(items), skipped, path)
-    return Dataset(name="polyvore", items=items, sets=sets)
+    return Dataset(name="polyvore", items=items, sets=sets, payload_index=POLYVORE_PAYLOAD_INDEX)
 
 
 def _iter_polyvore(files: list[Path]) -> Iterator[dict]:
@@ -310,7 +317,7 @@ def load_mpd(path: Path, limit: int | None = None) -> Dataset:
             if raw["track_uri"] not in items:
                 items[raw["track_uri"]] = _mpd_item(raw)
     log.info("mpd: %d sets, %d items, %d playlists skipped from %s", len(sets), len(items), skipped, path)
-    return Dataset(name="mpd", items=items, sets=sets)
+    return Dataset(name="mpd", items=items, sets=sets, payload_index=MPD_PAYLOAD_INDEX)
 
 
 # ---------------------------------------------------------------------------------------------

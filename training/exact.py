@@ -111,6 +111,9 @@ class ExactStore:
     def payloads(self, point_ids: Sequence[str]) -> dict[str, dict]:
         return {pid: self._payloads[pid] for pid in point_ids if pid in self._payloads}
 
+    def payload_index(self) -> dict[str, str]:
+        return {}  # filters are not supported
+
     def fetch_vectors(self, ids: Sequence[str]) -> np.ndarray:
         missing = [i for i in ids if i not in self._row]
         if missing:

@@ -56,7 +56,8 @@ def catalog_fingerprint(dataset: Dataset) -> str:
 def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> IndexMeta:
     meta = IndexMeta(dataset=dataset.name, items=len(dataset.items), catalog_sha256=catalog_fingerprint(dataset),
                      encoder=encoder.manifest.encoder.name, encoder_sha256=encoder.manifest.encoder_sha256,
-                     dim=encoder.dim, quantization="int8" if HnswSettings.int8 else None)  # pre-int8 indexes rebuild
+                     dim=encoder.dim, quantization="int8" if HnswSettings.int8 else None,  # pre-int8 indexes rebuild
+                     payload_index=dataset.payload_index)
     if space is not None:  # item vectors come from the space, not from embedding the item texts
         meta = meta.model_copy(update={"space": space.name, "space_kind": space.kind, "distance": space.distance,
                                        "memory_sets": len(space.set_ids) if space.kind == "comember" else None})
@@ -86,6 +87,8 @@ def embed_and_upsert(dataset: Dataset, encoder: OnnxEncoder, store: Store, cfg: 
         if done is not None:
             done(lo + len(chunk))
     bar.close()
+    for field, kind in dataset.payload_index.items():  # after the points: one index build per field
+        store.index_payload(field, kind)
 
 
 def _edge_build(dataset: Dataset, encoder: OnnxEncoder, index_dir: Path, cfg: IndexConfig, space, fresh: IndexMeta,

@@ -260,6 +260,8 @@ def test_payload_index_kind_is_checked(edge, server):
         with pytest.raises(ValueError, match="keyword"):
             store.index_payload("artist", "tag")
     server.index_payload("artist", "keyword")  # local mode: accepted, nothing to build
+    assert edge.payload_index() == {"artist": "keyword", "year": "integer"}  # what the fixture indexed
+    assert server.payload_index() == {"artist": "keyword"}  # local mode reports what was declared
 
 
 def test_bad_upsert_input_is_a_value_error_not_unavailable(tmp_path):

@@ -30,6 +30,9 @@ def test_index_holds_every_item_with_text_payload(built, polyvore, encoder):
     [[top]] = store.search_batch(encoder.encode([item.text]), limit=1)
     assert top.id == item.id and top.payload["text"] == item.text
     assert top.payload["category"] == item.payload["category"]
+    # every field the loader declares filterable has its payload index, recorded in index.json
+    assert store.payload_index() == polyvore.payload_index == meta["payload_index"]
+    assert set(polyvore.payload_index) <= set(item.payload)
     store.close()
 
 
