@@ -69,7 +69,8 @@ def info(rt: Runtime = Depends(get_runtime)):
                                  "manifest": graph.manifest.model_dump(exclude=private)},
                 strategies=rt.strategies, llm=rt.llm and rt.llm.name,
                 index=rt.index and rt.index.model_dump(), items=rt.store.count(), dataset=rt.settings.dataset,
-                default_strategy=rt.default._asdict())
+                default_strategy=rt.default._asdict(),
+                filterable=rt.filterable if rt.settings.strict_filters else None)
 
 
 @router.get("/metrics", response_class=PlainTextResponse,

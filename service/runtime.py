@@ -216,6 +216,9 @@ def load_runtime(settings: Settings) -> Runtime:
     if graph is not None:
         runtime.resolver.resolve(graph.run([("warm-up query", 0)])[0].fanout, limit_per_vector=1)
     runtime.warmed_up = True
+    if settings.strict_filters and not runtime.filterable:
+        log.warning("the index has no payload index: every filter is refused (rebuild it with `r4t index` or "
+                    "`r4t space build`, or set R4T_STRICT_FILTERS=false)")
     log.info("ready: %d items, encoder %s on %s, fan-out graph %s, llm %s", store.count(),
              encoder.manifest.encoder.name, encoder.provider, graph and graph.directory,
              runtime.llm and runtime.llm.name)

@@ -94,6 +94,8 @@ class Info(BaseModel):
     default_strategy: DefaultStrategy
     llm: str | None = Field(None, description="The LLM fan-out writer's name, when one is configured")
     index: dict | None = Field(None, description="index.json: the catalog and encoder the vectors belong to")
+    filterable: dict[str, str] | None = Field(None, description="Payload key -> index kind: the keys a filter may "
+                                              "use (None: any key, R4T_STRICT_FILTERS=false)")
 
 
 Strategy = Literal["diffusion", "llm", "memory", "single"]

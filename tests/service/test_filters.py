@@ -106,6 +106,7 @@ def test_the_server_states_and_enforces_its_index_keys(settings, polyvore):
     with TestClient(create_app(settings)) as client:
         doc = client.get("/openapi.json").json()["components"]["schemas"]
         assert _fields_of(doc) == set(polyvore.payload_index)  # the index build made each loader field filterable
+        assert client.get("/info").json()["filterable"] == polyvore.payload_index
         body = assert_problem(client.post("/search", json={"query": "boots", "filter": {
             "must": [{"key": "colour", "match": {"value": "red"}}]}}), 422)
         assert "'colour' has no payload index" in body["detail"] and "category (keyword)" in body["detail"]
@@ -124,3 +125,4 @@ def test_strict_filters_off_runs_any_key(settings):
         assert response.status_code == 200 and response.json()["items"] == []
         doc = client.get("/openapi.json").json()["components"]["schemas"]
         assert "pattern" in doc["FieldCondition"]["properties"]["key"]
+        assert client.get("/info").json()["filterable"] is None
