@@ -11,12 +11,14 @@ same sets; `ci_vs_single` is the paired bootstrap 95% interval of its per-query 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 
 from service.atomic import write_json_atomic, write_text_atomic
 from service.encoder import OnnxEncoder
@@ -108,23 +110,39 @@ def served_memory_strategy(encoder: OnnxEncoder, resolver: Resolver, memory_dept
 
 
 def memory_fanout_strategy(name: str, space: Space, encoder: OnnxEncoder, resolver: Resolver, rows_of,
-                           stochastic: bool = True) -> Strategy:
-    """A fan-out around the memory (not served): each of the K rows `rows_of(queries, qv, seed)` gives is scored
-    q_k·v + coef·Σ_j w_j [v ∈ set_j], the served memory formula with the query's own neighbour sets, exact in
-    numpy over the whole catalog; the K lists are fused rank-major to N distinct items as `retrieve_blocks`
-    fuses a fan-out. With the graph's rows it is the diffusion around `memory`; with jittered rows, its control."""
-    coef = encoder.memory["coef"]
+                           stochastic: bool = True, memory: bool = True, fusion: str = "quota",
+                           tau: float = 2.0) -> Strategy:
+    """A fan-out scored exactly in numpy (not served): each of the K rows `rows_of(queries, qv, seed)` gives is
+    scored q_k·v, plus coef·Σ_j w_j [v ∈ set_j] (the served memory formula with the query's own neighbour sets)
+    when `memory`. `fusion`: "quota" fuses the K lists rank-major to N distinct items, as `retrieve_blocks` fuses
+    a fan-out; "lse" ranks every item once by the soft maximum over rows, t·log Σ_k exp(q_k·v / t) with
+    t = tau × the standard deviation of q·v over the catalog (large tau: the mean row's score; small: the max),
+    the marginal of a mixture of K modes. With the graph's rows it is the diffusion; with jittered rows, its
+    control."""
+    if fusion not in ("quota", "lse"):
+        raise ValueError(f"fusion must be 'quota' or 'lse', got {fusion!r}")
+    coef = encoder.memory["coef"] if memory else 0.0
 
     def run(queries: list[str], qv: np.ndarray, n: int, seed: int) -> list[Retrieval]:
-        _, sets, weights = encoder.encode_memory(queries)
+        _, sets, weights = encoder.encode_memory(queries) if memory else (None, [None] * len(queries), None)
         out = []
-        for block, s, w in zip(rows_of(queries, qv, seed), sets, weights):
-            scores = space.items @ block.T + coef * space.item_memory(s, w)[:, None]  # (N, K)
-            top = np.argpartition(-scores, n, axis=0)[:n]  # (n, K)
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 0), 0, kind="stable"), 0)
-            items = [space.item_ids[i] for i in rank_major_union(top.T, n)]
-            out.append(Retrieval(vectors=block, nearest=scores[top[0], np.arange(len(block))], items=items,
-                                 representatives=list(dict.fromkeys(space.item_ids[i] for i in top[0]))))
+        for i, (block, s) in enumerate(zip(rows_of(queries, qv, seed), sets)):
+            scores = space.items @ block.T  # (N, K)
+            if memory:
+                scores += coef * space.item_memory(s, weights[i])[:, None]
+            first = np.argmax(scores, axis=0)  # each row's best item
+            if fusion == "quota":
+                top = np.argpartition(-scores, n, axis=0)[:n]  # (n, K)
+                top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 0), 0, kind="stable"), 0)
+                ranked, first = rank_major_union(top.T, n), top[0]  # ties: the one the union put first
+            else:
+                t = tau * max(float((space.items @ qv[i]).std()), 1e-12)
+                fused = t * logsumexp(scores / t, axis=1)
+                ranked = np.argpartition(-fused, n)[:n]
+                ranked = ranked[np.argsort(-fused[ranked], kind="stable")]
+            items = [space.item_ids[j] for j in ranked]
+            out.append(Retrieval(vectors=block, nearest=scores[first, np.arange(len(block))], items=items,
+                                 representatives=list(dict.fromkeys(space.item_ids[j] for j in first))))
         return out
 
     return Strategy(name, run, encoder, resolver, stochastic=stochastic)
@@ -154,9 +172,9 @@ def row_json(row: Row, single: Row | None, memory: Row | None = None) -> dict:
 
 
 def matched_jitter(rows: dict[str, Row], name: str = "diffusion", suffix: str = "") -> dict | None:
-    """The jitter control (rows `jitter@<s><suffix>`) whose run-to-run Vendi is closest to `name`'s, and the paired
-    interval of name - it."""
-    jitters = [j for j in rows if j.startswith("jitter@") and j.endswith(suffix) and ("+" in j) == bool(suffix)]
+    """The jitter control (rows `jitter@<scale><suffix>`) whose run-to-run Vendi is closest to `name`'s, and the
+    paired interval of name - it."""
+    jitters = [j for j in rows if re.fullmatch(r"jitter@[0-9.e-]+" + re.escape(suffix), j)]
     if name not in rows or not jitters:
         return None
     row = rows[name]
@@ -185,6 +203,10 @@ def measure(strategies: dict[str, Strategy], dataset: Dataset, space: Space, cfg
         report["splits"][split]["matched_jitter"] = matched_jitter(rows)
         if "diffusion+memory" in rows:
             report["splits"][split]["matched_jitter_memory"] = matched_jitter(rows, "diffusion+memory", "+memory")
+        others = [matched_jitter(rows, name, name[len("diffusion"):]) for name in rows
+                  if name.startswith("diffusion") and name not in ("diffusion", "diffusion+memory")]
+        if any(others):
+            report["splits"][split]["matched_jitter_more"] = [m for m in others if m]
         log.info("%s %s: %s", dataset.name, split, {n: r.recall for n, r in rows.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_suffix(".json"), report)
@@ -213,7 +235,8 @@ def render_markdown(report: dict) -> str:
             if ci := r.get("ci_vs_memory"):
                 lines += ["", f"`{name}` − `memory` (its own query with the memory, no fan-out): "
                           + "; ".join(f"Δ@{n} {c[0]:+.4f} [{c[1]:+.4f}, {c[2]:+.4f}]" for n, c in ci.items())]
-        for m in filter(None, (block.get("matched_jitter"), block.get("matched_jitter_memory"))):
+        for m in filter(None, (block.get("matched_jitter"), block.get("matched_jitter_memory"),
+                               *block.get("matched_jitter_more", []))):
             lines += ["", f"`{m['strategy']}` − `{m['jitter']}` (the jitter at the nearest Vendi, {m['vendi'][0]:.4f} vs "
                       f"{m['vendi'][1]:.4f}): " + "; ".join(f"Δ@{n} {c[0]:+.4f} [{c[1]:+.4f}, {c[2]:+.4f}]"
                                                             for n, c in m["ci"].items())]

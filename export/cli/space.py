@@ -256,6 +256,60 @@ def quality(
     typer.echo(f"{out}/quality_{dataset}.json")
 
 
+@space_app.command("fusion")
+def fusion(
+    dataset: str = typer.Option("mpd", help="A comember space's dataset (the memory rows need its item memory)"),
+    name: str = NAME_OPT,
+    taus: str = typer.Option("2", help="Soft-max temperatures of the lse fusion, × the std of q·v over the catalog"),
+    jitter: str = typer.Option("0.1", help="Scales of the jittered control (0.1 is the nearest to the graph's Vendi)"),
+    splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
+    max_queries: int = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look"),
+    vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi"),
+    quota: bool = typer.Option(True, help="Also the quota (served) rows: the same as results/quality_<dataset>'s "
+                               "diffusion, diffusion+memory and jitter rows"),
+    out: Path = typer.Option(Path("results"), help="Directory of fusion_<dataset>.{json,md}"),
+    artifacts: Optional[Path] = ARTIFACTS_OPT,
+    data_dir: Optional[Path] = DATA_OPT,
+) -> None:
+    """The served graph's K rows fused two ways, with and without the memory, each beside its jitter control:
+    rank-major quota (served) and a soft maximum over rows (lse): results/fusion_<dataset>.json."""
+    from export.cli.common import start_dataset
+    from service.encoder import OnnxEncoder
+    from service.graph import FanoutGraph
+    from service.resolver import Resolver
+    from service.store import EdgeStore
+    from training.evaluate import graph_rows, jitter_rows, single_strategy
+    from training.quality import QualityConfig, measure, memory_fanout_strategy, served_memory_strategy
+    from training.space import Space
+
+    start_dataset(dataset)
+    _, name, p = _paths(dataset, name, artifacts)
+    ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
+    cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), vendi_runs=vendi_runs,
+                        max_queries=max_queries)
+    enc, res = OnnxEncoder(p["encoder"]), Resolver(_exact_copy(p["index"], ds, space.distance))
+    edge = EdgeStore.open(p["index"] / "shard")
+    rows = {"diffusion": graph_rows(FanoutGraph(p["graph"])),
+            **{f"jitter@{float(s):g}": jitter_rows(10, float(s)) for s in jitter.split(",") if s}}
+    strategies = {"single": single_strategy(enc, res, 10), "memory": served_memory_strategy(enc, Resolver(edge), 2_000)}
+    for fuse in ["quota"] * quota + [f"lse{t}" for t in taus.split(",") if t]:
+        for base, rows_of in rows.items():
+            for mem in (False, True):
+                label = base + ("" if fuse == "quota" else f"~{fuse}") + ("+memory" if mem else "")
+                strategies[label] = memory_fanout_strategy(label, space, enc, res, rows_of, memory=mem,
+                                                           fusion="quota" if fuse == "quota" else "lse",
+                                                           tau=float(fuse[3:]) if fuse != "quota" else 0.0)
+    extra = {"graph": FanoutGraph(p["graph"]).manifest.config.get("provenance", {}),
+             "search": "exact numpy over the whole catalog (every fan-out row); memory: Qdrant Edge formula query",
+             "fusions": {"quota": "rank-major union of the K lists (served)",
+                         "lse<t>": "t·log Σ_k exp(q_k·v / t), t = <t> × std(q·v) over the catalog (not served)"}}
+    try:
+        measure(strategies, ds, space, cfg, out / f"fusion_{dataset}", _command(), extra)
+    finally:
+        edge.close()
+    typer.echo(f"{out}/fusion_{dataset}.json")
+
+
 @space_app.command("memory")
 def memory(
     dataset: str = typer.Option("mpd", help="A comember space's dataset"),

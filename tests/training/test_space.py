@@ -272,6 +272,42 @@ def test_memory_fanout_scores_each_row_by_the_served_memory_formula(space, mpd_s
             assert max(score[row[i]] for i in got.representatives) == pytest.approx(score.max(), rel=1e-5)
 
 
+def test_lse_fusion_is_the_soft_maximum_over_rows(space, mpd_slice, space_artifacts):
+    """Copies of the query: lse ranks as the query itself (with or without the memory); two distinct rows: the
+    ranking is by t·log(exp(a/t) + exp(b/t)), t = tau × std(q·v)."""
+    from scipy.special import logsumexp
+
+    from service.encoder import OnnxEncoder
+    from training.quality import memory_fanout_strategy
+
+    enc = OnnxEncoder(space_artifacts[0])
+    queries = space_texts(mpd_slice)[:2]
+    qv = enc.encode(queries)
+    row = {item: i for i, item in enumerate(space.item_ids)}
+    for memory in (False, True):
+        copies = memory_fanout_strategy("c", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 3, 1),
+                                        memory=memory, fusion="lse").run(queries, qv, 20, 0)
+        quota = memory_fanout_strategy("q", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 3, 1),
+                                       memory=memory).run(queries, qv, 20, 0)
+        for a, b in zip(copies, quota):
+            assert a.items == b.items
+    rng = np.random.default_rng(0)
+    two = np.stack([qv, qv + 0.5 * rng.standard_normal(qv.shape).astype(np.float32)], axis=1)  # (B, 2, D)
+    for tau in (0.05, 20.0):
+        got = memory_fanout_strategy("two", space, enc, None, lambda q, v, seed: two, memory=False, fusion="lse",
+                                     tau=tau).run(queries, qv, 20, 0)
+        for i, g in enumerate(got):
+            s = space.items @ two[i].T
+            t = tau * (space.items @ qv[i]).std()
+            fused = t * logsumexp(s / t, axis=1)
+            np.testing.assert_allclose(fused[[row[x] for x in g.items]], np.sort(fused)[::-1][:20], rtol=1e-5)
+            # the limits it interpolates between: within t·log 2 of the max row; within (a-b)²/8t of mean + t·log 2
+            gap = fused - s.max(1) if tau < 1 else fused - s.mean(1) - t * np.log(2)
+            assert np.all(gap <= (t * np.log(2) if tau < 1 else (s[:, 0] - s[:, 1]) ** 2 / (8 * t)) + 1e-4)
+    with pytest.raises(ValueError, match="fusion"):
+        memory_fanout_strategy("x", space, enc, None, lambda q, v, seed: two, fusion="rrf")
+
+
 def test_memory_strategy_adds_the_neighbour_sets_members_to_the_factor_score(space, mpd_slice, encoder):
     from training.quality import memory_strategy
 
