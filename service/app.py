@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return doc
         s = rt.settings
         app.openapi_schema = state_limits(doc, rt.strategies, s.max_limit, rt.max_k, s.max_batch_queries,
-                                          s.max_query_chars, rt.filterable if s.strict_filters else None)
+                                          s.max_query_chars, rt.filterable)
         return app.openapi_schema
 
     app.openapi = openapi

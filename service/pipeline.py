@@ -62,7 +62,7 @@ def check_options(rt: Runtime, opts: FanoutOptions) -> None:
 
 def check_filter(rt: Runtime, raw) -> None:
     """A filter reads indexed payload keys only (R4T_STRICT_FILTERS)."""
-    if rt.settings.strict_filters:
+    if rt.filterable is not None:
         check_indexed(raw, rt.filterable)
 
 

@@ -70,7 +70,7 @@ def info(rt: Runtime = Depends(get_runtime)):
                 strategies=rt.strategies, llm=rt.llm and rt.llm.name,
                 index=rt.index and rt.index.model_dump(), items=rt.store.count(), dataset=rt.settings.dataset,
                 default_strategy=rt.default._asdict(),
-                filterable=rt.filterable if rt.settings.strict_filters else None)
+                filterable=rt.filterable)
 
 
 @router.get("/metrics", response_class=PlainTextResponse,

@@ -52,7 +52,9 @@ class Runtime:
     memory_batcher: MicroBatcher | None = None
     graph_batcher: MicroBatcher | None = None
     default: Default = Default("single", "no fan-out graph")
-    filterable: dict[str, str] = field(default_factory=dict)  # payload field -> index kind (the store's indexes)
+    # payload field -> index kind: the keys a filter may use (the store's payload indexes); None: any key
+    # (R4T_STRICT_FILTERS=false)
+    filterable: dict[str, str] | None = None
 
     @property
     def deadline_s(self) -> float:
@@ -206,7 +208,7 @@ def load_runtime(settings: Settings) -> Runtime:
         store.close()  # a refused start must not keep the shard (and its WAL lock) open
         raise
     runtime = Runtime(settings, encoder, store, Resolver(store), meta, graph=graph, llm=make_writer(settings),
-                      filterable=store.payload_index())
+                      filterable=store.payload_index() if settings.strict_filters else None)
     runtime.default = default_strategy(settings, graph, encoder.memory if runtime.has_memory else None)
     if runtime.default.name not in runtime.strategies:
         store.close()
@@ -216,7 +218,7 @@ def load_runtime(settings: Settings) -> Runtime:
     if graph is not None:
         runtime.resolver.resolve(graph.run([("warm-up query", 0)])[0].fanout, limit_per_vector=1)
     runtime.warmed_up = True
-    if settings.strict_filters and not runtime.filterable:
+    if runtime.filterable == {}:
         log.warning("the index has no payload index: every filter is refused (rebuild it with `r4t index` or "
                     "`r4t space build`, or set R4T_STRICT_FILTERS=false)")
     log.info("ready: %d items, encoder %s on %s, fan-out graph %s, llm %s", store.count(),

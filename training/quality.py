@@ -109,7 +109,7 @@ def served_memory_strategy(encoder: OnnxEncoder, resolver: Resolver, memory_dept
     return Strategy("memory", run, encoder, resolver)
 
 
-def memory_fanout_strategy(name: str, space: Space, encoder: OnnxEncoder, resolver: Resolver, rows_of,
+def exact_fanout_strategy(name: str, space: Space, encoder: OnnxEncoder, resolver: Resolver, rows_of,
                            stochastic: bool = True, memory: bool = True, fusion: str = "quota",
                            tau: float = 2.0) -> Strategy:
     """A fan-out scored exactly in numpy (not served): each of the K rows `rows_of(queries, qv, seed)` gives is
@@ -203,10 +203,10 @@ def measure(strategies: dict[str, Strategy], dataset: Dataset, space: Space, cfg
         report["splits"][split]["matched_jitter"] = matched_jitter(rows)
         if "diffusion+memory" in rows:
             report["splits"][split]["matched_jitter_memory"] = matched_jitter(rows, "diffusion+memory", "+memory")
-        others = [matched_jitter(rows, name, name[len("diffusion"):]) for name in rows
-                  if name.startswith("diffusion") and name not in ("diffusion", "diffusion+memory")]
-        if any(others):
-            report["splits"][split]["matched_jitter_more"] = [m for m in others if m]
+        more = [m for name in rows if name.startswith("diffusion") and name not in ("diffusion", "diffusion+memory")
+                if (m := matched_jitter(rows, name, name[len("diffusion"):]))]
+        if more:
+            report["splits"][split]["matched_jitter_more"] = more
         log.info("%s %s: %s", dataset.name, split, {n: r.recall for n, r in rows.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_suffix(".json"), report)

@@ -23,6 +23,9 @@ space_app = typer.Typer(help="The co-membership space, its teacher pairs, graph 
                         no_args_is_help=True)
 
 NAME_OPT = typer.Option("", help="Space name; default space-<dataset>")
+SPLITS_OPT = typer.Option("val,test", help="Held-out splits to score, comma-separated")
+MAX_QUERIES_OPT = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look")
+VENDI_RUNS_OPT = typer.Option(5, help="Runs per query for the run-to-run Vendi")
 
 
 def _paths(dataset: str, name: str, artifacts: Path | None):
@@ -53,6 +56,19 @@ def _exact_copy(index_dir: Path, ds, distance: str):
         return ExactStore.copy_of(store, list(ds.items), distance)
     finally:
         store.close()
+
+
+def _scoring(dataset: str, name: str, artifacts: Path | None, data_dir: Path | None, splits: str, vendi_runs: int,
+             max_queries: int, **cfg):
+    """What a report over the held-out sets starts from: the space's paths, dataset, space and QualityConfig."""
+    from export.cli.common import start_dataset
+    from training.quality import QualityConfig
+    from training.space import Space
+
+    start_dataset(dataset)
+    _, _, p = _paths(dataset, name, artifacts)
+    return p, _dataset(dataset, data_dir), Space.load(p["space"]), QualityConfig(
+        splits=tuple(s for s in splits.split(",") if s), vendi_runs=vendi_runs, max_queries=max_queries, **cfg)
 
 
 def _command() -> str:
@@ -194,9 +210,9 @@ def quality(
     memory_jitter: str = typer.Option("0.1,0.2", help="Scales of the jittered control around the memory (rows "
                                       "jitter@<s>+memory, beside diffusion+memory); the space needs a memory"),
     memory_depth: int = typer.Option(2_000, help="The served memory row's depth (R4T_MEMORY_DEPTH)"),
-    splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
-    max_queries: int = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look"),
-    vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi"),
+    splits: str = SPLITS_OPT,
+    max_queries: int = MAX_QUERIES_OPT,
+    vendi_runs: int = VENDI_RUNS_OPT,
     exact: bool = typer.Option(True, help="Score on an exact in-memory copy of each index (the served HNSW "
                                "index with --no-exact: ~100x slower at N = 5000)"),
     out: Path = typer.Option(Path("results"), help="Directory of quality_<dataset>.{json,md}"),
@@ -204,23 +220,18 @@ def quality(
     data_dir: Optional[Path] = DATA_OPT,
 ) -> None:
     """Every strategy on every val and test set: results/quality_<dataset>.json (the service's default reads it)."""
-    from export.cli.common import start_dataset
     from service.encoder import OnnxEncoder
     from service.graph import FanoutGraph
     from service.resolver import Resolver
     from service.store import EdgeStore
     from training.evaluate import (graph_rows, graph_strategy, jitter_rows, jitter_strategy, neighbour_sets_strategy,
                                    single_strategy)
-    from training.quality import (QualityConfig, measure, memory_fanout_strategy, popular_strategy,
-                                  served_memory_strategy, teacher_strategy)
-    from training.space import Space, TeacherConfig
+    from training.quality import (exact_fanout_strategy, measure, popular_strategy, served_memory_strategy,
+                                  teacher_strategy)
+    from training.space import TeacherConfig
 
-    start_dataset(dataset)
-    _, name, p = _paths(dataset, name, artifacts)
-    ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
-    cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s),
-                        jitter=tuple(float(s) for s in jitter.split(",") if s), vendi_runs=vendi_runs,
-                        max_queries=max_queries)
+    p, ds, space, cfg = _scoring(dataset, name, artifacts, data_dir, splits, vendi_runs, max_queries,
+                                 jitter=tuple(float(s) for s in jitter.split(",") if s))
     text, enc = OnnxEncoder(p["text"]), OnnxEncoder(p["encoder"])
     if exact:
         stores = [_exact_copy(p["text_index"], ds, "cosine"), _exact_copy(p["index"], ds, space.distance)]
@@ -238,10 +249,10 @@ def quality(
     if enc.memory is not None and edge.memory:  # the served memory row, and fan-outs around the memory
         strategies["memory"] = served_memory_strategy(enc, Resolver(edge), memory_depth, exact=exact)
         if graph:
-            strategies["diffusion+memory"] = memory_fanout_strategy("diffusion+memory", space, enc, res,
+            strategies["diffusion+memory"] = exact_fanout_strategy("diffusion+memory", space, enc, res,
                                                                     graph_rows(graph))
         for s in (float(x) for x in memory_jitter.split(",") if x):
-            strategies[f"jitter@{s:g}+memory"] = memory_fanout_strategy(f"jitter@{s:g}+memory", space, enc, res,
+            strategies[f"jitter@{s:g}+memory"] = exact_fanout_strategy(f"jitter@{s:g}+memory", space, enc, res,
                                                                         jitter_rows(10, s))
     extra = {"graph": graph.manifest.config.get("provenance", {}) | {"steps": graph.info.steps} if graph else None,
              "search": "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, int8 + HNSW)",
@@ -262,9 +273,9 @@ def fusion(
     name: str = NAME_OPT,
     taus: str = typer.Option("2", help="Soft-max temperatures of the lse fusion, × the std of q·v over the catalog"),
     jitter: str = typer.Option("0.1", help="Scales of the jittered control (0.1 is the nearest to the graph's Vendi)"),
-    splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
-    max_queries: int = typer.Option(0, help="0 = every held-out set (the report); > 0 for a quick look"),
-    vendi_runs: int = typer.Option(5, help="Runs per query for the run-to-run Vendi"),
+    splits: str = SPLITS_OPT,
+    max_queries: int = MAX_QUERIES_OPT,
+    vendi_runs: int = VENDI_RUNS_OPT,
     quota: bool = typer.Option(True, help="Also the quota (served) rows: the same as results/quality_<dataset>'s "
                                "diffusion, diffusion+memory and jitter rows"),
     out: Path = typer.Option(Path("results"), help="Directory of fusion_<dataset>.{json,md}"),
@@ -273,33 +284,28 @@ def fusion(
 ) -> None:
     """The served graph's K rows fused two ways, with and without the memory, each beside its jitter control:
     rank-major quota (served) and a soft maximum over rows (lse): results/fusion_<dataset>.json."""
-    from export.cli.common import start_dataset
     from service.encoder import OnnxEncoder
     from service.graph import FanoutGraph
     from service.resolver import Resolver
     from service.store import EdgeStore
     from training.evaluate import graph_rows, jitter_rows, single_strategy
-    from training.quality import QualityConfig, measure, memory_fanout_strategy, served_memory_strategy
-    from training.space import Space
+    from training.quality import exact_fanout_strategy, measure, served_memory_strategy
 
-    start_dataset(dataset)
-    _, name, p = _paths(dataset, name, artifacts)
-    ds, space = _dataset(dataset, data_dir), Space.load(p["space"])
-    cfg = QualityConfig(splits=tuple(s for s in splits.split(",") if s), vendi_runs=vendi_runs,
-                        max_queries=max_queries)
+    p, ds, space, cfg = _scoring(dataset, name, artifacts, data_dir, splits, vendi_runs, max_queries)
     enc, res = OnnxEncoder(p["encoder"]), Resolver(_exact_copy(p["index"], ds, space.distance))
     edge = EdgeStore.open(p["index"] / "shard")
-    rows = {"diffusion": graph_rows(FanoutGraph(p["graph"])),
+    graph = FanoutGraph(p["graph"])
+    rows = {"diffusion": graph_rows(graph),
             **{f"jitter@{float(s):g}": jitter_rows(10, float(s)) for s in jitter.split(",") if s}}
     strategies = {"single": single_strategy(enc, res, 10), "memory": served_memory_strategy(enc, Resolver(edge), 2_000)}
     for fuse in ["quota"] * quota + [f"lse{t}" for t in taus.split(",") if t]:
         for base, rows_of in rows.items():
             for mem in (False, True):
                 label = base + ("" if fuse == "quota" else f"~{fuse}") + ("+memory" if mem else "")
-                strategies[label] = memory_fanout_strategy(label, space, enc, res, rows_of, memory=mem,
+                strategies[label] = exact_fanout_strategy(label, space, enc, res, rows_of, memory=mem,
                                                            fusion="quota" if fuse == "quota" else "lse",
                                                            tau=float(fuse[3:]) if fuse != "quota" else 0.0)
-    extra = {"graph": FanoutGraph(p["graph"]).manifest.config.get("provenance", {}),
+    extra = {"graph": graph.manifest.config.get("provenance", {}),
              "search": "exact numpy over the whole catalog (every fan-out row); memory: Qdrant Edge formula query",
              "fusions": {"quota": "rank-major union of the K lists (served)",
                          "lse<t>": "t·log Σ_k exp(q_k·v / t), t = <t> × std(q·v) over the catalog (not served)"}}
@@ -315,7 +321,7 @@ def memory(
     dataset: str = typer.Option("mpd", help="A comember space's dataset"),
     name: str = NAME_OPT,
     weights: str = typer.Option("0.05,0.1,0.2,0.5", help="Weights of the neighbour sets' item memory"),
-    splits: str = typer.Option("val,test", help="Held-out splits to score, comma-separated"),
+    splits: str = SPLITS_OPT,
     memory_depths: str = typer.Option("2000,20000", help="Served rows: items the sparse prefetch returns; the first "
                                       "is the `memory` row (the service's R4T_MEMORY_DEPTH), the others "
                                       "memory@depth<d> (20,000 holds every item the MPD neighbour sets hold: exact)"),

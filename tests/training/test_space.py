@@ -249,7 +249,7 @@ def test_memory_fanout_scores_each_row_by_the_served_memory_formula(space, mpd_s
     """K copies of the query give the served memory's own top N; K jittered rows each put their top item first."""
     from service.encoder import OnnxEncoder
     from training.evaluate import jitter_rows
-    from training.quality import memory_fanout_strategy
+    from training.quality import exact_fanout_strategy
 
     enc = OnnxEncoder(space_artifacts[0])
     queries = space_texts(mpd_slice)[:3]
@@ -258,12 +258,12 @@ def test_memory_fanout_scores_each_row_by_the_served_memory_formula(space, mpd_s
     scores = [space.items @ q + enc.memory["coef"] * np.asarray(space.members[s].T @ w).ravel()
               for q, s, w in zip(qv, sets, weights)]
     row = {item: i for i, item in enumerate(space.item_ids)}
-    copies = memory_fanout_strategy("copies", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 4, 1),
+    copies = exact_fanout_strategy("copies", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 4, 1),
                                     stochastic=False).run(queries, qv, 30, 0)
     for score, got in zip(scores, copies):  # tied items in either order
         assert len(set(got.items)) == 30
         np.testing.assert_allclose(score[[row[i] for i in got.items]], np.sort(score)[::-1][:30], rtol=1e-5)
-    jittered = memory_fanout_strategy("jitter", space, enc, None, jitter_rows(4, 1.0)).run(queries, qv, 30, 1)
+    jittered = exact_fanout_strategy("jitter", space, enc, None, jitter_rows(4, 1.0)).run(queries, qv, 30, 1)
     for s, w, got in zip(sets, weights, jittered):
         memory = enc.memory["coef"] * np.asarray(space.members[s].T @ w).ravel()
         per_row = [space.items @ r + memory for r in got.vectors]  # each row's top item leads (ties: either)
@@ -278,23 +278,23 @@ def test_lse_fusion_is_the_soft_maximum_over_rows(space, mpd_slice, space_artifa
     from scipy.special import logsumexp
 
     from service.encoder import OnnxEncoder
-    from training.quality import memory_fanout_strategy
+    from training.quality import exact_fanout_strategy
 
     enc = OnnxEncoder(space_artifacts[0])
     queries = space_texts(mpd_slice)[:2]
     qv = enc.encode(queries)
     row = {item: i for i, item in enumerate(space.item_ids)}
     for memory in (False, True):
-        copies = memory_fanout_strategy("c", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 3, 1),
+        copies = exact_fanout_strategy("c", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 3, 1),
                                         memory=memory, fusion="lse").run(queries, qv, 20, 0)
-        quota = memory_fanout_strategy("q", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 3, 1),
+        quota = exact_fanout_strategy("q", space, enc, None, lambda q, v, seed: np.repeat(v[:, None], 3, 1),
                                        memory=memory).run(queries, qv, 20, 0)
         for a, b in zip(copies, quota):
             assert a.items == b.items
     rng = np.random.default_rng(0)
     two = np.stack([qv, qv + 0.5 * rng.standard_normal(qv.shape).astype(np.float32)], axis=1)  # (B, 2, D)
     for tau in (0.05, 20.0):
-        got = memory_fanout_strategy("two", space, enc, None, lambda q, v, seed: two, memory=False, fusion="lse",
+        got = exact_fanout_strategy("two", space, enc, None, lambda q, v, seed: two, memory=False, fusion="lse",
                                      tau=tau).run(queries, qv, 20, 0)
         for i, g in enumerate(got):
             s = space.items @ two[i].T
@@ -305,7 +305,7 @@ def test_lse_fusion_is_the_soft_maximum_over_rows(space, mpd_slice, space_artifa
             gap = fused - s.max(1) if tau < 1 else fused - s.mean(1) - t * np.log(2)
             assert np.all(gap <= (t * np.log(2) if tau < 1 else (s[:, 0] - s[:, 1]) ** 2 / (8 * t)) + 1e-4)
     with pytest.raises(ValueError, match="fusion"):
-        memory_fanout_strategy("x", space, enc, None, lambda q, v, seed: two, fusion="rrf")
+        exact_fanout_strategy("x", space, enc, None, lambda q, v, seed: two, fusion="rrf")
 
 
 def test_memory_strategy_adds_the_neighbour_sets_members_to_the_factor_score(space, mpd_slice, encoder):
