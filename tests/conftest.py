@@ -1,4 +1,5 @@
-"""Shared fixtures: real data slices from ../shared/data and a real exported encoder (once per run)."""
+"""Shared fixtures: real data slices from ../shared/data and MiniLM exported through torch (once per run) for the
+offline stages; a synthetic catalog and torch-free ONNX artifacts (tests/artifacts.py) for the service."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
 # chain of fixtures) is marked needs_data / needs_torch at collection, so `-m "not needs_data"` selects
 # what a clean clone without the data can run. `slow` is set by hand on the tests that take > ~10 s.
 DATA_FIXTURES = {"data_dir"}
-TORCH_FIXTURES = {"encoder_dir", "graph_dir", "policy_artifacts"}
+TORCH_FIXTURES = {"encoder_dir", "policy_artifacts"}
 SLOW_FIXTURES = {"policy_artifacts"}  # converts the shipped GGUF to an HF checkpoint: ~13 s
 
 
@@ -102,51 +103,74 @@ def resolver(polyvore, encoder, tmp_path_factory):
     store.close()
 
 
-# --- the service's artifacts: a real Edge index of the Polyvore slice and a small fan-out graph ---
+# --- the service's artifacts: torch-free and data-free, so a clean clone runs every service test ---
+# A synthetic catalog in the Polyvore file format (read by the real loader), a bag-of-words ONNX encoder and a
+# fan-out graph over it (tests/artifacts.py), and a real Edge index of the catalog embedded by that encoder.
 
 
 @pytest.fixture(scope="session")
-def polyvore_index(polyvore, encoder, tmp_path_factory) -> Path:
-    """The `polyvore` slice embedded by the real encoder into an Edge shard (~700 items)."""
+def catalog_data_dir(tmp_path_factory) -> Path:
+    """A data directory (like ../shared/data) whose `polyvore/` holds 150 themed outfits, ~900 items, in the
+    Maryland Polyvore format."""
+    from tests.artifacts import write_polyvore_catalog
+
+    root = tmp_path_factory.mktemp("catalog-data")
+    write_polyvore_catalog(root / "polyvore")
+    return root
+
+
+@pytest.fixture(scope="session")
+def catalog(catalog_data_dir):
+    from training.data import load_dataset
+
+    return load_dataset("polyvore", catalog_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(catalog, tmp_path_factory) -> Path:
+    from tests.artifacts import build_tiny_encoder
+
+    texts = [it.text for it in catalog.items.values()] + [s.intent for s in catalog.sets] + ["", "x " * 400]
+    return build_tiny_encoder(tmp_path_factory.mktemp("artifacts") / "tiny-encoder", texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_dir):
+    from service.encoder import OnnxEncoder
+
+    return OnnxEncoder(tiny_encoder_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_graph_dir(tiny_encoder_dir, tmp_path_factory) -> Path:
+    from tests.artifacts import build_tiny_graph
+
+    return build_tiny_graph(tmp_path_factory.mktemp("graphs") / "tiny-fanout", tiny_encoder_dir, "polyvore")
+
+
+@pytest.fixture(scope="session")
+def catalog_index(catalog, tiny_encoder, tmp_path_factory) -> Path:
+    """The catalog embedded by the tiny encoder into an Edge shard, with its payload indexes."""
     from training.index import IndexConfig, build_index
 
     index_dir = tmp_path_factory.mktemp("service-index") / "polyvore"
-    build_index(polyvore, encoder, index_dir, IndexConfig())
+    build_index(catalog, tiny_encoder, index_dir, IndexConfig())
     return index_dir
 
 
 @pytest.fixture(scope="session")
-def graph_dir(encoder_dir, polyvore, tmp_path_factory) -> Path:
-    """A small real fan-out graph: a randomly initialised tiny denoiser (10 rows) exported with the
-    encoder through `r4t export`'s code path; its quality is not under test, its plumbing is."""
-    import torch
-
-    from export.fanout import FanoutExportConfig, export_fanout
-    from training.diffusion.model import DiffusionConfig, SetDenoiser
-
-    torch.manual_seed(0)
-    denoiser = SetDenoiser(DiffusionConfig(rows=10, width=32, depth=1, heads=2, cond_tokens=2))
-    for p in denoiser.parameters():  # the zero-initialised output head would make every row the same
-        torch.nn.init.normal_(p, std=0.05)
-    out = tmp_path_factory.mktemp("graphs") / "polyvore-s2"
-    export_fanout(out, encoder_dir, denoiser.eval(), FanoutExportConfig(steps=2, guidance=2.0),
-                  [s.intent for s in polyvore.sets[:8]], "polyvore")
-    return out
-
-
-@pytest.fixture(scope="session")
-def settings(encoder_dir, polyvore_index, graph_dir):
+def settings(tiny_encoder_dir, catalog_index, tiny_graph_dir):
     from service.settings import Settings
 
-    # The toy graph records no val check, so the measured default would be single; the service tests
+    # The fixture graph records no val check, so the measured default would be single; the service tests
     # exercise the diffusion path, so they name it (test_fanout covers the measured default itself).
-    return Settings(encoder_dir=encoder_dir, index_dir=polyvore_index, graph_dir=graph_dir, dataset="polyvore",
-                    default_strategy="diffusion")
+    return Settings(encoder_dir=tiny_encoder_dir, index_dir=catalog_index, graph_dir=tiny_graph_dir,
+                    dataset="polyvore", default_strategy="diffusion")
 
 
 @pytest.fixture
-def index_copy(polyvore_index, tmp_path) -> Path:
+def index_copy(catalog_index, tmp_path) -> Path:
     """A private copy of the index: an open Edge shard is locked, so a second server needs its own."""
     copy = tmp_path / "polyvore"
-    shutil.copytree(polyvore_index, copy)
+    shutil.copytree(catalog_index, copy)
     return copy

@@ -15,16 +15,17 @@ def test_parse_server_timing():
 
 
 @pytest.fixture
-def server(encoder_dir, graph_dir, index_copy, tmp_path):
-    env = {"R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_GRAPH_DIR": str(graph_dir),
+def server(tiny_encoder_dir, tiny_graph_dir, index_copy, catalog_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("R4T_DATA_DIR", str(catalog_data_dir))  # locust reads its intents from the catalog
+    env = {"R4T_ENCODER_DIR": str(tiny_encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_GRAPH_DIR": str(tiny_graph_dir),
            "R4T_DATASET": "polyvore", "R4T_ONNX_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc, base = start_server(env, tmp_path / "server.log", timeout_s=120)
     yield base
     stop_server(proc)
 
 
-def test_closed_loop_and_batch_sweep_measure_every_request(server, polyvore):
-    queries = [s.intent for s in polyvore.sets[:6]]
+def test_closed_loop_and_batch_sweep_measure_every_request(server, catalog):
+    queries = [s.intent for s in catalog.sets[:6]]
     run = closed_loop(server, {"strategy": "diffusion", "k": 10, "limit": 5}, queries, concurrency=2)
     assert run["requests"] == 6 and run["errors"] == 0 and len(run["latencies_ms"]) == 6
     assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]

@@ -27,12 +27,12 @@ def client(settings):
 
 
 @pytest.fixture(scope="module")
-def probe_item(polyvore, encoder):
+def probe_item(catalog, tiny_encoder):
     """An item whose text no other item shares (the encoder is uncased, so compare lowercased)."""
-    counts = Counter(it.text.lower() for it in polyvore.items.values())
+    counts = Counter(it.text.lower() for it in catalog.items.values())
     return next(
-        it for it in polyvore.items.values()
-        if counts[it.text.lower()] == 1 and len(it.text.split()) >= 4 and len(encoder.tokenizer.encode(it.text).ids) <= 32
+        it for it in catalog.items.values()
+        if counts[it.text.lower()] == 1 and len(it.text.split()) >= 4 and len(tiny_encoder.tokenizer.encode(it.text).ids) <= 32
     )
 
 
@@ -72,12 +72,12 @@ def test_readyz_reports_every_check_true(client):
     assert body["checks"] == {"artifact": True, "warm_up": True, "store": True}
 
 
-def test_info_shows_provider_items_and_manifest(client, polyvore, encoder):
+def test_info_shows_provider_items_and_manifest(client, catalog, tiny_encoder):
     body = client.get("/info").json()
     assert body["provider"] == "CPUExecutionProvider"
-    assert body["items"] == len(polyvore.items)
-    assert body["manifest"]["encoder"]["name"] == encoder.manifest.encoder.name
-    assert body["index"]["encoder_sha256"] == encoder.manifest.encoder_sha256
+    assert body["items"] == len(catalog.items)
+    assert body["manifest"]["encoder"]["name"] == tiny_encoder.manifest.encoder.name
+    assert body["index"]["encoder_sha256"] == tiny_encoder.manifest.encoder_sha256
     assert body["dataset"] == "polyvore"
 
 
@@ -119,8 +119,8 @@ def test_search_for_an_item_text_finds_that_item_first(client, probe_item):
     assert top["score"] == pytest.approx(1.0, abs=1e-3)  # same text, same vector
 
 
-def test_payload_filter_keeps_only_that_category(client, polyvore):
-    category, count = Counter(it.payload["category"] for it in polyvore.items.values()).most_common(1)[0]
+def test_payload_filter_keeps_only_that_category(client, catalog):
+    category, count = Counter(it.payload["category"] for it in catalog.items.values()).most_common(1)[0]
     limit = min(count, 15)
     flt = {"must": [{"key": "category", "match": {"value": category}}]}
     body = client.post("/search", json={"query": "summer outfit", "limit": limit, "filter": flt}).json()
@@ -252,14 +252,14 @@ def test_corrupt_index_meta_refuses_to_start_with_one_line(settings, index_copy)
     assert "\n" not in str(err.value)
 
 
-def test_graph_whose_io_names_differ_from_its_manifest_is_refused(encoder_dir, tmp_path):
+def test_graph_whose_io_names_differ_from_its_manifest_is_refused(tiny_encoder_dir, tmp_path):
     import shutil
 
     from service.encoder import OnnxEncoder
     from service.atomic import write_json_atomic
     from service.manifest import MANIFEST_FILE, load_manifest
 
-    shutil.copytree(encoder_dir, tmp_path / "enc")
+    shutil.copytree(tiny_encoder_dir, tmp_path / "enc")
     manifest = load_manifest(tmp_path / "enc")
     manifest.outputs = ["sentence_embedding"]  # the manifest is not among its own hashed files
     write_json_atomic(tmp_path / "enc" / MANIFEST_FILE, manifest.model_dump())
@@ -279,9 +279,9 @@ def test_index_in_use_by_another_server_refuses_to_start(client, settings):
 # --- a real uvicorn process, and a torch-free import ---------------------------------------------
 
 
-def test_real_uvicorn_process_serves_search_and_fanout(encoder_dir, graph_dir, index_copy, tmp_path):
-    env = {"R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
-           "R4T_GRAPH_DIR": str(graph_dir)}
+def test_real_uvicorn_process_serves_search_and_fanout(tiny_encoder_dir, tiny_graph_dir, index_copy, tmp_path):
+    env = {"R4T_ENCODER_DIR": str(tiny_encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
+           "R4T_GRAPH_DIR": str(tiny_graph_dir)}
     with uvicorn_server(env, tmp_path / "uvicorn.log") as base:
         response = httpx.post(f"{base}/search", json={"query": "red summer dress", "limit": 3}, timeout=30)
         assert response.status_code == 200, response.text

@@ -89,10 +89,10 @@ def test_an_integral_number_is_an_integer(client):
 
 
 @pytest.mark.slow
-def test_schemathesis_checks_all_find_nothing(encoder_dir, graph_dir, index_copy, tmp_path):
+def test_schemathesis_checks_all_find_nothing(tiny_encoder_dir, tiny_graph_dir, index_copy, tmp_path):
     """A small run for CI; `python -m loadtests.contract` runs the full one (results/contract_*.md)."""
-    env = {"R4T_ENCODER_DIR": str(encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
-           "R4T_GRAPH_DIR": str(graph_dir), "R4T_MAX_LIMIT": "50", "R4T_MAX_BATCH_QUERIES": "8"}
+    env = {"R4T_ENCODER_DIR": str(tiny_encoder_dir), "R4T_INDEX_DIR": str(index_copy), "R4T_DATASET": "polyvore",
+           "R4T_GRAPH_DIR": str(tiny_graph_dir), "R4T_MAX_LIMIT": "50", "R4T_MAX_BATCH_QUERIES": "8"}
     st = Path(sys.executable).with_name("st")
     with uvicorn_server(env, tmp_path / "uvicorn.log") as base:
         run = subprocess.run([str(st), "run", f"{base}/openapi.json", "--checks", "all", "--phases",

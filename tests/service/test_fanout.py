@@ -111,18 +111,18 @@ def test_mmr_reranks_the_candidates(client):
     assert ids(plain) != ids(diverse)
 
 
-def test_filter_applies_to_every_fanout(client, polyvore):
-    category = Counter(it.payload["category"] for it in polyvore.items.values()).most_common(1)[0][0]
+def test_filter_applies_to_every_fanout(client, catalog):
+    category = Counter(it.payload["category"] for it in catalog.items.values()).most_common(1)[0][0]
     flt = {"must": [{"key": "category", "match": {"value": category}}]}
     body = post(client, limit=8, filter=flt).json()
     assert body["items"] and {it["payload"]["category"] for it in body["items"]} == {category}
 
 
-def test_seed_reproduces_the_fanout_and_another_seed_changes_it(client):
+def test_seed_reproduces_the_fanout_and_another_seed_changes_it(client, tiny_encoder):
     a, b = (post(client, seed=11, return_vectors=True).json() for _ in range(2))
     c = post(client, seed=12, return_vectors=True).json()
     va, vb, vc = (np.array(x["fanouts"]) for x in (a, b, c))
-    assert va.shape == (10, 384) and np.allclose(np.linalg.norm(va, axis=1), 1, atol=1e-4)
+    assert va.shape == (10, tiny_encoder.dim) and np.allclose(np.linalg.norm(va, axis=1), 1, atol=1e-4)
     assert np.allclose(va, vb, atol=1e-5) and ids(a) == ids(b)
     assert not np.allclose(va, vc, atol=1e-3)
 
@@ -308,14 +308,14 @@ def test_missing_graph_refuses_to_start_with_one_line(settings, tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_graph_of_another_catalog_refuses_to_start(settings, graph_dir, tmp_path):
+def test_graph_of_another_catalog_refuses_to_start(settings, tiny_graph_dir, tmp_path):
     import json
     import shutil
 
     from service.manifest import MANIFEST_FILE
 
     other = tmp_path / "graph"
-    shutil.copytree(graph_dir, other)
+    shutil.copytree(tiny_graph_dir, other)
     manifest = json.loads((other / MANIFEST_FILE).read_text())
     manifest["fanout"]["dataset"] = "mpd"
     (other / MANIFEST_FILE).write_text(json.dumps(manifest))
@@ -334,7 +334,7 @@ def test_graph_none_serves_without_diffusion(settings, index_copy):
         assert client.post("/fanout", json={"query": "boots"}).json()["strategy"] == "single"
 
 
-def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
+def test_default_strategy_is_the_measured_one(settings, tiny_graph_dir, tmp_path):
     """Unset strategy: diffusion only where the graph's manifest records a val check no worse than single."""
     from service.graph import FanoutGraph
     from service.atomic import write_json_atomic
@@ -342,10 +342,10 @@ def test_default_strategy_is_the_measured_one(settings, graph_dir, tmp_path):
     from service.runtime import default_strategy
 
     measured = settings.model_copy(update={"default_strategy": ""})
-    name, why = default_strategy(measured, FanoutGraph(graph_dir))
+    name, why = default_strategy(measured, FanoutGraph(tiny_graph_dir))
     assert name == "single" and "no val check" in why
     copy = tmp_path / "graph"
-    shutil.copytree(graph_dir, copy)
+    shutil.copytree(tiny_graph_dir, copy)
     manifest = load_manifest(copy)
     val = {"sets": 641, "n": 500, "recall_diffusion": 0.1682, "recall_single": 0.1665,
            "ci_vs_single": [0.0017, -0.0002, 0.0037], "non_inferior": True}

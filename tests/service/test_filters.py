@@ -102,11 +102,11 @@ def _fields_of(doc: dict) -> set[str]:
     return {v["properties"]["key"]["enum"][0] for v in doc["FieldCondition"]["anyOf"]}
 
 
-def test_the_server_states_and_enforces_its_index_keys(settings, polyvore):
+def test_the_server_states_and_enforces_its_index_keys(settings, catalog):
     with TestClient(create_app(settings)) as client:
         doc = client.get("/openapi.json").json()["components"]["schemas"]
-        assert _fields_of(doc) == set(polyvore.payload_index)  # the index build made each loader field filterable
-        assert client.get("/info").json()["filterable"] == polyvore.payload_index
+        assert _fields_of(doc) == set(catalog.payload_index)  # the index build made each loader field filterable
+        assert client.get("/info").json()["filterable"] == catalog.payload_index
         body = assert_problem(client.post("/search", json={"query": "boots", "filter": {
             "must": [{"key": "colour", "match": {"value": "red"}}]}}), 422)
         assert "'colour' has no payload index" in body["detail"] and "category (keyword)" in body["detail"]

@@ -23,10 +23,10 @@ INTENT = "boho summer festival outfit"
 
 
 @pytest.fixture(scope="module")
-def url(settings, polyvore_index, tmp_path_factory):
+def url(settings, catalog_index, tmp_path_factory):
     """The service on a free loopback port, in a thread, on a private copy of the index (Edge locks it)."""
     index = tmp_path_factory.mktemp("playground-index") / "polyvore"
-    shutil.copytree(polyvore_index, index)
+    shutil.copytree(catalog_index, index)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -64,14 +64,14 @@ def test_root_redirects_to_the_page_and_its_files_are_served(url):
     assert "/playground" not in httpx.get(f"{url}/openapi.json").json()["paths"]  # a page, not an API route
 
 
-def test_two_strategies_side_by_side_render_rows_map_and_fused_items(url, driver, polyvore):
+def test_two_strategies_side_by_side_render_rows_map_and_fused_items(url, driver, catalog):
     a, b = run_intent(driver, f"{url}/playground", INTENT, "diffusion", "single", k=6, limit=20, per=10, seed=3)
     assert (a.strategy, a.state, b.strategy, b.state) == ("diffusion", "done", "single", "done"), (a.error, b.error)
     assert len(a.rows) == 6 and len(b.rows) == 1
     assert len(a.items) == 20 and len(b.items) == 20
     for panel in (a, b):
         for item_id, text in panel.items:  # every shown item is a catalog item, under its own text
-            assert polyvore.items[item_id].text == text
+            assert catalog.items[item_id].text == text
         assert panel.dots == len(panel.items)
     assert (a.diamonds, b.diamonds) == (6, 1)
     assert sum(1 for row in a.rows if row.count("\n") or len(row) > len("vector 0")) >= 2  # rows hold items
