@@ -73,6 +73,15 @@ def test_guidance_one_is_the_conditional_model_and_null_differs(model):
     assert torch.allclose(model.guided(x, sigma, q, 0.0), batched_uncond, atol=1e-5)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 0.0, 3.0])
+def test_one_shared_noise_level_is_the_same_as_one_per_row(model, guidance):
+    """The sampler passes sigma as (1,) (the export then folds the noise embedding): it must broadcast exactly."""
+    x, q = torch.randn(3, 4, 16), torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    shared = model.guided(x, torch.tensor([0.7]), q, guidance)
+    per_row = model.guided(x, torch.full((3,), 0.7), q, guidance)
+    assert shared.shape == (3, 4, 16) and torch.allclose(shared, per_row, atol=1e-6)
+
+
 @pytest.mark.parametrize("method, steps", [("euler", 1), ("euler", 4), ("heun", 4)])
 def test_sampler_is_deterministic_given_noise_and_returns_unit_rows(model, method, steps):
     q = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)

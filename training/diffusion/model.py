@@ -80,7 +80,9 @@ class Attention(nn.Module):
         b, n, w = x.shape
         split = lambda t: t.view(b, -1, self.heads, w // self.heads).transpose(1, 2)  # noqa: E731 (B, H, *, W/H)
         q, k, v = split(self.q(x)), split(self.k(context)), split(self.v(context))
-        out = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, L, W/H)
+        # The default scale, 1/sqrt(W/H), given as a constant: left to the exporter it is computed from the
+        # tensor's shape at every call of the unrolled sampler.
+        out = nn.functional.scaled_dot_product_attention(q, k, v, scale=(w // self.heads) ** -0.5)  # (B, H, L, W/H)
         return self.o(out.transpose(1, 2).reshape(b, n, w))
 
 
@@ -110,7 +112,8 @@ class Block(nn.Module):
 
 
 class SetDenoiser(nn.Module):
-    """x (B, L, d) noisy rows, sigma (B,), query (B, d) unit vectors, keep (B,) bool -> x0 estimate (B, L, d)."""
+    """x (B, L, d) noisy rows, sigma (B,) or one shared (1,), query (B, d) unit vectors, keep (B,) bool -> x0
+    estimate (B, L, d)."""
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
@@ -139,12 +142,14 @@ class SetDenoiser(nn.Module):
         x = x / math.sqrt(self.cfg.dim)
         return nn.functional.normalize(x + query[:, None, :] if self.cfg.relative else x, dim=-1)
 
-    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, query: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """F: the network inside the preconditioning."""
+    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, query: torch.Tensor,
+            keep: torch.Tensor | None = None) -> torch.Tensor:
+        """F: the network inside the preconditioning. `keep` None: every query kept (no null-token select)."""
         b = x.shape[0]
         cond = self.cond(query * math.sqrt(self.cfg.dim)).view(b, self.cfg.cond_tokens, -1)
-        cond = torch.where(keep[:, None, None], cond, self.null.expand(b, -1, -1))
-        emb = self.noise(c_noise)
+        if keep is not None:
+            cond = torch.where(keep[:, None, None], cond, self.null.expand(b, -1, -1))
+        emb = self.noise(c_noise)  # (B or 1, W): one shared noise level broadcasts over the batch
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, cond, emb)
@@ -158,8 +163,6 @@ class SetDenoiser(nn.Module):
         c_out = s * sd / (s**2 + sd**2).sqrt()
         c_in = 1 / (s**2 + sd**2).sqrt()
         c_noise = sigma.log() / 4
-        if keep is None:
-            keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         return c_skip * x + c_out * self.raw(c_in * x, c_noise, query, keep)
 
     def guided(self, x: torch.Tensor, sigma: torch.Tensor, query: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -171,7 +174,8 @@ class SetDenoiser(nn.Module):
             return self(x, sigma, query, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
         b = x.shape[0]
         keep = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(x.device)
-        both = self(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([query, query]), keep)
+        sigma = sigma if sigma.numel() == 1 else torch.cat([sigma, sigma])  # one shared level broadcasts
+        both = self(torch.cat([x, x]), sigma, torch.cat([query, query]), keep)
         cond, uncond = both[:b], both[b:]
         return uncond + guidance * (cond - uncond)
 

@@ -33,7 +33,9 @@ def model_sigmas(model: SetDenoiser, steps: int) -> list[float]:
 
 
 def _denoise(model: SetDenoiser, x: torch.Tensor, sigma: float, query: torch.Tensor, guidance: float) -> torch.Tensor:
-    return model.guided(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device), query, guidance)
+    # One (1,) level shared by the batch, not one per row: in the exported graph the noise embedding and every
+    # block's modulation then depend on constants only, and ONNX Runtime folds them away at load.
+    return model.guided(x, torch.full((1,), sigma, dtype=x.dtype, device=x.device), query, guidance)
 
 
 def sample(model: SetDenoiser, query: torch.Tensor, noise: torch.Tensor, sigmas: list[float],
