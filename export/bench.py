@@ -31,6 +31,10 @@ class GraphBenchConfig:
     seed: int = 0
 
 
+ROUND = 5  # timed runs of one graph before the next graph's turn
+MAX_RUNS = 1000  # per (graph, batch) cell
+
+
 def _inputs(graph: FanoutGraph, queries: list[str], batch: int, seed: int) -> dict[str, np.ndarray]:
     texts = [queries[i % len(queries)] for i in range(batch)]
     encodings = graph.tokenizer.encode_batch(texts)
@@ -60,29 +64,40 @@ def _runner(graph: FanoutGraph, feeds: dict[str, np.ndarray], io_binding: bool):
     return run
 
 
-def bench_graph(directory: Path, queries: list[str], cfg: GraphBenchConfig) -> list[dict]:
-    """One row per batch size: p50/p95 ms per run, ms per query, queries per second."""
-    graph = FanoutGraph(directory, cfg.device, cfg.threads)
+def bench_graphs(directories: list[Path], queries: list[str], cfg: GraphBenchConfig) -> list[dict]:
+    """One row per (graph, batch size): p50/p95 ms per run, ms per query, queries per second.
+
+    The graphs of one batch size are timed in alternating rounds of `ROUND` runs, so a machine that
+    drifts (a shared VM, a CPU that throttles) slows every graph alike instead of the one timed last.
+    """
+    graphs = [FanoutGraph(d, cfg.device, cfg.threads) for d in directories]
     rows = []
     for batch in cfg.batches:
-        run = _runner(graph, _inputs(graph, queries, batch, cfg.seed), cfg.io_binding)
-        for _ in range(cfg.warmup):
-            run()
-        times, started = [], time.perf_counter()
-        while len(times) < cfg.min_runs or time.perf_counter() - started < cfg.max_seconds:
-            t0 = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t0) * 1000)
-            if len(times) >= 1000:
-                break
-        p50, p95 = np.percentile(times, [50, 95])
-        rows.append({
-            "graph": graph.directory.name, "precision": graph.manifest.precision, "steps": graph.info.steps,
-            "provider": graph.provider, "io_binding": cfg.io_binding and graph.provider == "CUDAExecutionProvider",
-            "batch": batch, "runs": len(times), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "ms_per_query": round(float(p50) / batch, 4), "qps": round(batch * 1000 / float(p50), 1),
-        })
+        runs = [_runner(g, _inputs(g, queries, batch, cfg.seed), cfg.io_binding) for g in graphs]
+        for run in runs:
+            for _ in range(cfg.warmup):
+                run()
+        times: list[list[float]] = [[] for _ in graphs]
+        started = time.perf_counter()
+        while (len(times[0]) < cfg.min_runs or time.perf_counter() - started < cfg.max_seconds * len(graphs)) \
+                and len(times[0]) < MAX_RUNS:
+            for run, ts in zip(runs, times):
+                for _ in range(ROUND):
+                    t0 = time.perf_counter()
+                    run()
+                    ts.append((time.perf_counter() - t0) * 1000)
+        rows += [_row(g, cfg, batch, ts) for g, ts in zip(graphs, times)]
     return rows
+
+
+def _row(graph: FanoutGraph, cfg: GraphBenchConfig, batch: int, times: list[float]) -> dict:
+    p50, p95 = np.percentile(times, [50, 95])
+    return {
+        "graph": graph.directory.name, "precision": graph.manifest.precision, "steps": graph.info.steps,
+        "provider": graph.provider, "io_binding": cfg.io_binding and graph.provider == "CUDAExecutionProvider",
+        "batch": batch, "runs": len(times), "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
+        "ms_per_query": round(float(p50) / batch, 4), "qps": round(batch * 1000 / float(p50), 1),
+    }
 
 
 def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[Path]:
@@ -97,7 +112,7 @@ def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[P
     files[0].write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
     lines = [f"# Fan-out graph latency ({header['dataset']})", "",
              f"Machine: {header['machine']}. Command: `{header['command']}`.",
-             "Model only: one `session.run` of encoder + unrolled sampler per batch; no HTTP, no store.", "",
+             "Model only: one `session.run` of encoder + unrolled sampler per batch; no HTTP, no store; the graphs of a batch size are timed in alternating rounds of 5 runs.", "",
              "| graph | precision | steps | provider | batch | p50 ms | p95 ms | ms/query | queries/s |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['graph']} | {r['precision']} | {r['steps']} | {r['provider'].removesuffix('ExecutionProvider')}"
@@ -122,7 +137,7 @@ def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[P
 def write_figure5(graph_rows: list[dict], generate: dict, out: Path, stem: str) -> list[Path]:
     """The paper's Figure 5 from two measured reports: fan-out graph vs LLM generation, ms per query by batch.
 
-    `graph_rows`: `bench_graph` rows (one provider's curve, the fastest per batch is kept);
+    `graph_rows`: `bench_graphs` rows (one provider's curve, the fastest per batch is kept);
     `generate`: a `gen_bench` report, {"models": {name: {"rows": [...], ...}}, ...}.
     """
     import matplotlib

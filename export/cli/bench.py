@@ -29,17 +29,15 @@ def graph(
 ) -> None:
     """Model-only latency of fan-out graphs (encoder + unrolled sampler) per batch size; JSON, table, PNG."""
     start_dataset(dataset)
-    from export.bench import GraphBenchConfig, bench_graph, machine, write_report
+    from export.bench import GraphBenchConfig, bench_graphs, machine, write_report
     from training.data import default_data_dir, load_dataset
 
     settings = settings_for(dataset, artifacts)
     cfg = GraphBenchConfig(batches=tuple(int(b) for b in batches.split(",")), device=device, threads=threads,
                            io_binding=io_binding, max_seconds=max_seconds)
     queries = [s.intent for s in load_dataset(dataset, data_dir or default_data_dir()).split("val")]
-    rows = []
-    for graph in graphs.split(","):
-        path = Path(graph) if "/" in graph else settings.layout.graph(graph)
-        rows += bench_graph(path, queries, cfg)
+    paths = [Path(graph) if "/" in graph else settings.layout.graph(graph) for graph in graphs.split(",")]
+    rows = bench_graphs(paths, queries, cfg)
     header = {"dataset": dataset, "machine": machine(), "command": "r4t " + shlex.join(sys.argv[1:])}
     files = write_report(rows, header, out, name or f"graph_latency_{dataset}_{device}")
     typer.echo(files[1].read_text())

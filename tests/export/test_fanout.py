@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.bench import GraphBenchConfig, bench_graph, machine, write_report
+from export.bench import GraphBenchConfig, bench_graphs, machine, write_report
 from export.fanout import COSINE_FLOOR, PARITY_TOLERANCE, FanoutExportConfig, export_fanout
 from service.encoder import load_tokenizer
 from service.graph import FanoutGraph
@@ -99,8 +99,8 @@ def test_unknown_precision_is_refused():
 def test_bench_graph_times_every_batch_and_writes_report(artifact, polyvore, tmp_path):
     out, _ = artifact
     cfg = GraphBenchConfig(batches=(1, 3), min_runs=2, max_seconds=0.0, warmup=1)
-    rows = bench_graph(out, [s.intent for s in polyvore.sets[:5]], cfg)
-    assert [r["batch"] for r in rows] == [1, 3]
+    rows = bench_graphs([out, out], [s.intent for s in polyvore.sets[:5]], cfg)  # two graphs, timed in turns
+    assert [r["batch"] for r in rows] == [1, 1, 3, 3]
     assert all(r["provider"] == "CPUExecutionProvider" and r["runs"] >= 2 and r["p50_ms"] > 0 for r in rows)
     files = write_report(rows, {"dataset": "polyvore", "machine": machine(), "command": "test"}, tmp_path, "g")
     assert [f.name for f in files] == ["g.json", "g.md", "g.png"] and all(f.stat().st_size > 0 for f in files)

@@ -28,7 +28,6 @@ def test_closed_loop_and_batch_sweep_measure_every_request(server, catalog):
     queries = [s.intent for s in catalog.sets[:6]]
     run = closed_loop(server, {"strategy": "diffusion", "k": 10, "limit": 5}, queries, concurrency=2)
     assert run["requests"] == 6 and run["errors"] == 0 and len(run["latencies_ms"]) == 6
-    assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
     assert set(run["stages_p50_ms"]) == {"queue", "sample", "resolve", "total"}
     rows = batch_sweep(server, {"strategy": "diffusion"}, queries, [1, 4], repeats=1)
     assert [r["batch"] for r in rows] == [1, 4] and all(r["median_ms"] > 0 for r in rows)
