@@ -255,7 +255,7 @@ def quality(
             strategies[f"jitter@{s:g}+memory"] = exact_fanout_strategy(f"jitter@{s:g}+memory", space, enc, res,
                                                                         jitter_rows(10, s))
     extra = {"graph": graph.manifest.config.get("provenance", {}) | {"steps": graph.info.steps} if graph else None,
-             "search": "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, int8 + HNSW)",
+             "search": "exact (in-memory copy of the index)" if exact else "served index (Qdrant Edge, HNSW; int8 for cosine spaces)",
              "memory": {"depth": memory_depth, "search": "Qdrant Edge formula query, exact" if exact else "served",
                         "fanouts": "exact numpy (the served memory formula per row), not served"}
              if "memory" in strategies else None}

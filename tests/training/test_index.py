@@ -24,6 +24,7 @@ def test_index_holds_every_item_with_text_payload(built, polyvore, encoder):
     index_dir, meta = built
     assert meta["items"] == len(polyvore.items)
     assert meta["encoder_sha256"] == encoder.manifest.encoder_sha256
+    assert meta["quantization"] == "int8" and meta["distance"] == "cosine"  # unit vectors keep their int8 copy
     store = EdgeStore.open(index_dir / SHARD_DIR)
     assert store.count() == len(polyvore.items)
     item = next(iter(polyvore.items.values()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -163,6 +165,9 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
                                atol=1e-4)
 
     assert meta["distance"] == "dot" and meta["items"] == len(space.item_ids) and meta["space"] == "space-test"
+    # no int8 copy: its clipped coordinates lose the factor norms that an inner product ranks by
+    assert meta["quantization"] is None
+    assert "quantization_config" not in json.loads((index_dir / SHARD_DIR / "edge_config.json").read_text())
     store = EdgeStore.open(index_dir / SHARD_DIR)
     try:
         q = enc.encode(["late night drive"])
