@@ -221,6 +221,9 @@ def load_runtime(settings: Settings) -> Runtime:
     if runtime.filterable == {}:
         log.warning("the index has no payload index: every filter is refused (rebuild it with `r4t index` or "
                     "`r4t space build`, or set R4T_STRICT_FILTERS=false)")
+    if meta is not None and meta.distance == "dot" and meta.quantization:
+        log.warning("the index scores by inner product over an %s copy, which loses the vector norms it ranks by "
+                    "(a third of the exact top 10 missed on MPD): rebuild it with `r4t space build`", meta.quantization)
     log.info("ready: %d items, encoder %s on %s, fan-out graph %s, llm %s", store.count(),
              encoder.manifest.encoder.name, encoder.provider, graph and graph.directory,
              runtime.llm and runtime.llm.name)

@@ -324,3 +324,23 @@ def test_a_batch_limit_above_the_queue_is_refused(settings):
 
     with pytest.raises(ValidationError, match="max_batch_queries"):
         settings.model_validate(settings.model_dump() | {"max_batch_queries": 1024, "max_queue": 512})
+
+
+def test_an_int8_inner_product_index_is_named_at_start_up(settings, index_copy, caplog):
+    """An index that scores by inner product over an int8 copy (built before dot spaces dropped it) starts with a
+    warning naming the rebuild, and one of unit vectors with int8 (the text spaces) without it."""
+    import logging
+
+    from service.manifest import INDEX_FILE
+
+    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+        with TestClient(create_app(settings.model_copy(update={"index_dir": index_copy}))):
+            pass
+    assert not [r for r in caplog.records if "inner product" in r.getMessage()]
+    meta = json.loads((index_copy / INDEX_FILE).read_text())
+    (index_copy / INDEX_FILE).write_text(json.dumps(meta | {"distance": "dot", "quantization": "int8"}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+        with TestClient(create_app(settings.model_copy(update={"index_dir": index_copy}))):
+            pass
+    assert any("inner product" in r.getMessage() and "r4t space build" in r.getMessage() for r in caplog.records)
