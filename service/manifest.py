@@ -147,11 +147,13 @@ class IndexMeta(BaseModel):
     memory_sets: int | None = Field(None, description="Train sets the item memory (sparse vectors) spans; None = none")
     payload_index: dict[str, str] = Field(default_factory=dict, description="Indexed payload field -> kind: the "
                                           "fields a filter may use (R4T_STRICT_FILTERS)")
+    hnsw_m: int = Field(16, gt=0, description="HNSW edges per node")
+    hnsw_ef_construct: int = Field(128, gt=0, description="HNSW beam width while building the graph")
     qdrant_url: str | None = Field(None, description="Set when the vectors live on a Qdrant server")
     collection: str | None = None
 
     IDENTITY: ClassVar[tuple[str, ...]] = ("dataset", "items", "catalog_sha256", "encoder", "encoder_sha256", "dim", "quantization", "space",
-                "space_kind", "distance", "memory_sets", "payload_index")
+                "space_kind", "distance", "memory_sets", "payload_index", "hnsw_m", "hnsw_ef_construct")
 
     def identity(self) -> dict:
         return {k: getattr(self, k) for k in self.IDENTITY}

@@ -25,6 +25,7 @@ def test_index_holds_every_item_with_text_payload(built, polyvore, encoder):
     assert meta["items"] == len(polyvore.items)
     assert meta["encoder_sha256"] == encoder.manifest.encoder_sha256
     assert meta["quantization"] == "int8" and meta["distance"] == "cosine"  # unit vectors keep their int8 copy
+    assert (meta["hnsw_m"], meta["hnsw_ef_construct"]) == (16, 128)
     store = EdgeStore.open(index_dir / SHARD_DIR)
     assert store.count() == len(polyvore.items)
     item = next(iter(polyvore.items.values()))

@@ -166,8 +166,9 @@ def test_space_encoder_matches_numpy_and_serves_a_dot_index(space, mpd_slice, en
 
     assert meta["distance"] == "dot" and meta["items"] == len(space.item_ids) and meta["space"] == "space-test"
     # no int8 copy: its clipped coordinates lose the factor norms that an inner product ranks by
-    assert meta["quantization"] is None
-    assert "quantization_config" not in json.loads((index_dir / SHARD_DIR / "edge_config.json").read_text())
+    assert meta["quantization"] is None and (meta["hnsw_m"], meta["hnsw_ef_construct"]) == (32, 256)
+    edge_config = json.loads((index_dir / SHARD_DIR / "edge_config.json").read_text())
+    assert "quantization_config" not in edge_config and edge_config["hnsw_config"]["m"] == 32  # the denser graph
     store = EdgeStore.open(index_dir / SHARD_DIR)
     try:
         q = enc.encode(["late night drive"])
