@@ -112,7 +112,8 @@ def write_report(rows: list[dict], header: dict, out: Path, stem: str) -> list[P
     files[0].write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
     lines = [f"# Fan-out graph latency ({header['dataset']})", "",
              f"Machine: {header['machine']}. Command: `{header['command']}`.",
-             "Model only: one `session.run` of encoder + unrolled sampler per batch; no HTTP, no store; the graphs of a batch size are timed in alternating rounds of 5 runs.", "",
+             "Model only: one `session.run` of encoder + unrolled sampler per batch; no HTTP, no store; the graphs "
+             f"of a batch size are timed in alternating rounds of {ROUND} runs.", "",
              "| graph | precision | steps | provider | batch | p50 ms | p95 ms | ms/query | queries/s |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['graph']} | {r['precision']} | {r['steps']} | {r['provider'].removesuffix('ExecutionProvider')}"

@@ -170,7 +170,8 @@ def build_tiny_graph(directory: Path, encoder_dir: Path, dataset: str, seed: int
     encoder = OnnxEncoder(encoder_dir)
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(encoder_dir / "tokenizer.json", directory / "tokenizer.json")
-    table = _table(encoder.tokenizer, seed)
+    table = next(numpy_helper.to_array(t) for t in onnx.load(encoder_dir / MODEL_FILE).graph.initializer
+                 if t.name == "token_table")  # the encoder's own table: the graph's z is the encoder's vector
     nodes, inits = _encoder_nodes(table, "query_embedding")
     inits += [numpy_helper.from_array(np.array(SIGMA, np.float32), "sigma")]
     nodes += [

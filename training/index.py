@@ -55,16 +55,11 @@ def catalog_fingerprint(dataset: Dataset) -> str:
 
 def index_meta(dataset: Dataset, encoder: OnnxEncoder, space=None) -> IndexMeta:
     distance = space.distance if space is not None else "cosine"
-    # int8 only for unit vectors: a dot-product space's factor norms carry popularity, and the int8 copy (clipped at
-    # the 0.99 quantile) lost them (MPD co-membership, val titles: recall@10 vs exact 0.62 with int8, 0.96 without)
-    quantization = "int8" if HnswSettings.int8 and distance == "cosine" else None
-    # A denser graph for inner product (not a metric, so HNSW's greedy walk strands more often), MPD val titles vs
-    # exact: m 16 / ef_construct 128 recall@10 0.96, @100 0.88, @500 0.71; m 32 / 256: 0.96-0.98, 0.95-0.96, 0.89
-    m, ef_construct = (HnswSettings.m, HnswSettings.ef_construct) if distance == "cosine" else (32, 256)
+    hnsw = HnswSettings.for_distance(distance)  # recorded in the identity: a changed one rebuilds
     meta = IndexMeta(dataset=dataset.name, items=len(dataset.items), catalog_sha256=catalog_fingerprint(dataset),
                      encoder=encoder.manifest.encoder.name, encoder_sha256=encoder.manifest.encoder_sha256,
-                     dim=encoder.dim, quantization=quantization, distance=distance,  # a changed one rebuilds
-                     payload_index=dataset.payload_index, hnsw_m=m, hnsw_ef_construct=ef_construct)
+                     dim=encoder.dim, quantization="int8" if hnsw.int8 else None, distance=distance,
+                     payload_index=dataset.payload_index, hnsw_m=hnsw.m, hnsw_ef_construct=hnsw.ef_construct)
     if space is not None:  # item vectors come from the space, not from embedding the item texts
         meta = meta.model_copy(update={"space": space.name, "space_kind": space.kind,
                                        "memory_sets": len(space.set_ids) if space.kind == "comember" else None})
